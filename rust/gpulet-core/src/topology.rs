@@ -1,0 +1,244 @@
+//! The link matrix between the GPUs of one node, indexed by NVML index.
+//!
+//! Built once (from NVML discovery or by hand) and then only read: allocation scores pairs from
+//! it without touching NVML again.
+
+use crate::error::{CoreError, Result};
+use serde::Serialize;
+
+/// PCIe path between two GPUs, nearest first. The discriminants are NVML's
+/// `nvmlGpuTopologyLevel_t` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum PcieLevel {
+    /// Same board (NVML_TOPOLOGY_INTERNAL).
+    Board = 0,
+    /// One PCIe switch (NVML_TOPOLOGY_SINGLE).
+    SingleSwitch = 10,
+    /// Several PCIe switches, no host bridge (NVML_TOPOLOGY_MULTIPLE).
+    MultiSwitch = 20,
+    /// Through a host bridge (NVML_TOPOLOGY_HOSTBRIDGE).
+    HostBridge = 30,
+    /// Same CPU / NUMA node (NVML_TOPOLOGY_NODE).
+    SameCpu = 40,
+    /// Across CPUs (NVML_TOPOLOGY_SYSTEM).
+    CrossCpu = 50,
+}
+
+impl PcieLevel {
+    pub const ALL: [PcieLevel; 6] = [
+        PcieLevel::Board,
+        PcieLevel::SingleSwitch,
+        PcieLevel::MultiSwitch,
+        PcieLevel::HostBridge,
+        PcieLevel::SameCpu,
+        PcieLevel::CrossCpu,
+    ];
+
+    /// The name used in the Python API and node specs.
+    pub fn name(self) -> &'static str {
+        match self {
+            PcieLevel::Board => "board",
+            PcieLevel::SingleSwitch => "single-switch",
+            PcieLevel::MultiSwitch => "multi-switch",
+            PcieLevel::HostBridge => "host-bridge",
+            PcieLevel::SameCpu => "same-cpu",
+            PcieLevel::CrossCpu => "cross-cpu",
+        }
+    }
+
+    /// The short form `nvidia-smi topo -m` prints.
+    pub fn smi_name(self) -> &'static str {
+        match self {
+            PcieLevel::Board => "PIX",
+            PcieLevel::SingleSwitch => "PIX",
+            PcieLevel::MultiSwitch => "PXB",
+            PcieLevel::HostBridge => "PHB",
+            PcieLevel::SameCpu => "NODE",
+            PcieLevel::CrossCpu => "SYS",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Result<Self> {
+        PcieLevel::ALL.into_iter().find(|l| l.name() == name).ok_or_else(|| {
+            CoreError::Topology(format!(
+                "unknown PCIe level {name:?}; expected one of {}",
+                PcieLevel::ALL.map(|l| l.name()).join(", ")
+            ))
+        })
+    }
+
+    pub fn from_nvml(value: u32) -> Result<Self> {
+        PcieLevel::ALL.into_iter().find(|l| *l as u32 == value).ok_or_else(|| {
+            CoreError::Topology(format!("NVML returned unknown topology level {value}"))
+        })
+    }
+
+    pub fn nvml_value(self) -> u32 {
+        self as u32
+    }
+}
+
+/// Links between the GPUs of one node. Symmetric by construction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Topology {
+    gpu_count: usize,
+    /// Row-major `gpu_count × gpu_count`; direct GPU-to-GPU NVLinks.
+    nvlinks: Vec<u32>,
+    /// Row-major `gpu_count × gpu_count`; the diagonal is unused.
+    pcie: Vec<PcieLevel>,
+    numa: Option<Vec<i32>>,
+    nvswitch: bool,
+}
+
+fn check_pair(gpu_count: usize, a: usize, b: usize, what: &str) -> Result<()> {
+    if a >= gpu_count || b >= gpu_count {
+        return Err(CoreError::Topology(format!(
+            "{what} pair ({a}, {b}) names a GPU outside 0..{gpu_count}"
+        )));
+    }
+    if a == b {
+        return Err(CoreError::Topology(format!("{what} pair ({a}, {b}) links a GPU to itself")));
+    }
+    Ok(())
+}
+
+/// Fill a symmetric matrix from unordered pairs, refusing a pair given twice with two values.
+fn fill<T: Copy + PartialEq + std::fmt::Debug>(
+    gpu_count: usize,
+    matrix: &mut [T],
+    given: &mut [bool],
+    pairs: &[((usize, usize), T)],
+    what: &str,
+) -> Result<()> {
+    for &((a, b), v) in pairs {
+        check_pair(gpu_count, a, b, what)?;
+        for (i, j) in [(a, b), (b, a)] {
+            let k = i * gpu_count + j;
+            if given[k] && matrix[k] != v {
+                return Err(CoreError::Topology(format!(
+                    "{what} pair ({a}, {b}) given twice with different values ({:?} and {v:?}); \
+                     links are unordered, give each pair once",
+                    matrix[k]
+                )));
+            }
+            matrix[k] = v;
+            given[k] = true;
+        }
+    }
+    Ok(())
+}
+
+impl Topology {
+    /// Build a topology. Pairs are unordered; a pair given as (a, b) and (b, a) with different
+    /// values is an error. A PCIe pair not given is "same-cpu" when `numa` puts both GPUs on
+    /// one node (or `numa` is absent), else "cross-cpu".
+    pub fn new(
+        gpu_count: usize,
+        nvlinks: &[((usize, usize), u32)],
+        pcie: &[((usize, usize), PcieLevel)],
+        numa: Option<Vec<i32>>,
+        nvswitch: bool,
+    ) -> Result<Self> {
+        if let Some(n) = &numa {
+            if n.len() != gpu_count {
+                return Err(CoreError::Topology(format!(
+                    "numa lists {} GPUs but gpu_count is {gpu_count}",
+                    n.len()
+                )));
+            }
+        }
+        let cells = gpu_count * gpu_count;
+        let mut links = vec![0u32; cells];
+        fill(gpu_count, &mut links, &mut vec![false; cells], nvlinks, "nvlink")?;
+        let mut levels = vec![PcieLevel::SameCpu; cells];
+        let mut given = vec![false; cells];
+        fill(gpu_count, &mut levels, &mut given, pcie, "pcie")?;
+        if let Some(n) = &numa {
+            for i in 0..gpu_count {
+                for j in 0..gpu_count {
+                    let k = i * gpu_count + j;
+                    if !given[k] && n[i] != n[j] {
+                        levels[k] = PcieLevel::CrossCpu;
+                    }
+                }
+            }
+        }
+        Ok(Topology { gpu_count, nvlinks: links, pcie: levels, numa, nvswitch })
+    }
+
+    pub fn gpu_count(&self) -> usize {
+        self.gpu_count
+    }
+
+    /// Direct NVLinks between `a` and `b` (0 for a == b or out of range).
+    pub fn nvlinks(&self, a: usize, b: usize) -> u32 {
+        if a == b || a >= self.gpu_count || b >= self.gpu_count {
+            return 0;
+        }
+        self.nvlinks[a * self.gpu_count + b]
+    }
+
+    /// PCIe level between two distinct GPUs.
+    pub fn pcie(&self, a: usize, b: usize) -> PcieLevel {
+        self.pcie[a * self.gpu_count + b]
+    }
+
+    pub fn numa(&self) -> Option<&[i32]> {
+        self.numa.as_deref()
+    }
+
+    /// Whether the GPUs reach each other through NVSwitches.
+    pub fn nvswitch(&self) -> bool {
+        self.nvswitch
+    }
+
+    /// Every unordered pair with at least one direct NVLink.
+    pub fn nvlink_pairs(&self) -> Vec<((usize, usize), u32)> {
+        let n = self.gpu_count;
+        (0..n)
+            .flat_map(|a| (a + 1..n).map(move |b| (a, b)))
+            .filter_map(|(a, b)| {
+                let l = self.nvlinks(a, b);
+                (l > 0).then_some(((a, b), l))
+            })
+            .collect()
+    }
+
+    /// Every unordered pair with its PCIe level.
+    pub fn pcie_pairs(&self) -> Vec<((usize, usize), PcieLevel)> {
+        let n = self.gpu_count;
+        (0..n).flat_map(|a| (a + 1..n).map(move |b| ((a, b), self.pcie(a, b)))).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_numa() {
+        let t = Topology::new(4, &[], &[((0, 1), PcieLevel::SingleSwitch)], Some(vec![0, 0, 1, 1]), false)
+            .unwrap();
+        assert_eq!(t.pcie(0, 1), PcieLevel::SingleSwitch);
+        assert_eq!(t.pcie(1, 0), PcieLevel::SingleSwitch);
+        assert_eq!(t.pcie(2, 3), PcieLevel::SameCpu);
+        assert_eq!(t.pcie(0, 2), PcieLevel::CrossCpu);
+    }
+
+    #[test]
+    fn one_way_links_that_disagree_are_refused() {
+        let e = Topology::new(4, &[((0, 3), 2), ((3, 0), 1)], &[], None, false).unwrap_err();
+        assert!(e.to_string().contains("(3, 0) given twice"), "{e}");
+        // The same value both ways is fine.
+        let t = Topology::new(4, &[((0, 3), 2), ((3, 0), 2)], &[], None, false).unwrap();
+        assert_eq!(t.nvlinks(3, 0), 2);
+    }
+
+    #[test]
+    fn bad_pairs_are_refused() {
+        assert!(Topology::new(2, &[((0, 2), 1)], &[], None, false).is_err());
+        assert!(Topology::new(2, &[((1, 1), 1)], &[], None, false).is_err());
+        assert!(Topology::new(2, &[], &[], Some(vec![0]), false).is_err());
+        assert!(PcieLevel::from_name("near").is_err());
+    }
+}
