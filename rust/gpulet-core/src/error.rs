@@ -11,7 +11,12 @@ pub enum CoreError {
 
     /// An NVML call returned an error. `gpu` is the NVML index when the call was about one GPU.
     #[error("{call}{} failed: {message} (NVML error {code})", gpu.map(|g| format!(" on GPU {g}")).unwrap_or_default())]
-    Nvml { call: String, gpu: Option<u32>, code: u32, message: String },
+    Nvml {
+        call: String,
+        gpu: Option<u32>,
+        code: u32,
+        message: String,
+    },
 
     /// A topology given by the caller is inconsistent.
     #[error("invalid topology: {0}")]

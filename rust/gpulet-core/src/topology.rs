@@ -59,18 +59,24 @@ impl PcieLevel {
     }
 
     pub fn from_name(name: &str) -> Result<Self> {
-        PcieLevel::ALL.into_iter().find(|l| l.name() == name).ok_or_else(|| {
-            CoreError::Topology(format!(
-                "unknown PCIe level {name:?}; expected one of {}",
-                PcieLevel::ALL.map(|l| l.name()).join(", ")
-            ))
-        })
+        PcieLevel::ALL
+            .into_iter()
+            .find(|l| l.name() == name)
+            .ok_or_else(|| {
+                CoreError::Topology(format!(
+                    "unknown PCIe level {name:?}; expected one of {}",
+                    PcieLevel::ALL.map(|l| l.name()).join(", ")
+                ))
+            })
     }
 
     pub fn from_nvml(value: u32) -> Result<Self> {
-        PcieLevel::ALL.into_iter().find(|l| *l as u32 == value).ok_or_else(|| {
-            CoreError::Topology(format!("NVML returned unknown topology level {value}"))
-        })
+        PcieLevel::ALL
+            .into_iter()
+            .find(|l| *l as u32 == value)
+            .ok_or_else(|| {
+                CoreError::Topology(format!("NVML returned unknown topology level {value}"))
+            })
     }
 
     pub fn nvml_value(self) -> u32 {
@@ -79,7 +85,7 @@ impl PcieLevel {
 }
 
 /// Links between the GPUs of one node. Symmetric by construction.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct Topology {
     gpu_count: usize,
     /// Row-major `gpu_count × gpu_count`; direct GPU-to-GPU NVLinks.
@@ -97,7 +103,9 @@ fn check_pair(gpu_count: usize, a: usize, b: usize, what: &str) -> Result<()> {
         )));
     }
     if a == b {
-        return Err(CoreError::Topology(format!("{what} pair ({a}, {b}) links a GPU to itself")));
+        return Err(CoreError::Topology(format!(
+            "{what} pair ({a}, {b}) links a GPU to itself"
+        )));
     }
     Ok(())
 }
@@ -149,7 +157,13 @@ impl Topology {
         }
         let cells = gpu_count * gpu_count;
         let mut links = vec![0u32; cells];
-        fill(gpu_count, &mut links, &mut vec![false; cells], nvlinks, "nvlink")?;
+        fill(
+            gpu_count,
+            &mut links,
+            &mut vec![false; cells],
+            nvlinks,
+            "nvlink",
+        )?;
         let mut levels = vec![PcieLevel::SameCpu; cells];
         let mut given = vec![false; cells];
         fill(gpu_count, &mut levels, &mut given, pcie, "pcie")?;
@@ -163,7 +177,13 @@ impl Topology {
                 }
             }
         }
-        Ok(Topology { gpu_count, nvlinks: links, pcie: levels, numa, nvswitch })
+        Ok(Topology {
+            gpu_count,
+            nvlinks: links,
+            pcie: levels,
+            numa,
+            nvswitch,
+        })
     }
 
     pub fn gpu_count(&self) -> usize {
@@ -207,7 +227,9 @@ impl Topology {
     /// Every unordered pair with its PCIe level.
     pub fn pcie_pairs(&self) -> Vec<((usize, usize), PcieLevel)> {
         let n = self.gpu_count;
-        (0..n).flat_map(|a| (a + 1..n).map(move |b| ((a, b), self.pcie(a, b)))).collect()
+        (0..n)
+            .flat_map(|a| (a + 1..n).map(move |b| ((a, b), self.pcie(a, b))))
+            .collect()
     }
 }
 
@@ -217,8 +239,14 @@ mod tests {
 
     #[test]
     fn defaults_follow_numa() {
-        let t = Topology::new(4, &[], &[((0, 1), PcieLevel::SingleSwitch)], Some(vec![0, 0, 1, 1]), false)
-            .unwrap();
+        let t = Topology::new(
+            4,
+            &[],
+            &[((0, 1), PcieLevel::SingleSwitch)],
+            Some(vec![0, 0, 1, 1]),
+            false,
+        )
+        .unwrap();
         assert_eq!(t.pcie(0, 1), PcieLevel::SingleSwitch);
         assert_eq!(t.pcie(1, 0), PcieLevel::SingleSwitch);
         assert_eq!(t.pcie(2, 3), PcieLevel::SameCpu);
