@@ -263,6 +263,34 @@ mod tests {
     }
 
     #[test]
+    fn levels_map_to_nvml_values_and_names() {
+        for level in PcieLevel::ALL {
+            assert_eq!(PcieLevel::from_nvml(level.nvml_value()).unwrap(), level);
+            assert_eq!(PcieLevel::from_name(level.name()).unwrap(), level);
+        }
+        // NVML_TOPOLOGY_INTERNAL, _SINGLE, _MULTIPLE, _HOSTBRIDGE, _NODE, _SYSTEM.
+        let nvml = [0, 10, 20, 30, 40, 50].map(|v| PcieLevel::from_nvml(v).unwrap());
+        assert_eq!(nvml, PcieLevel::ALL);
+        assert!(PcieLevel::from_nvml(35).is_err());
+        assert!(
+            PcieLevel::ALL.windows(2).all(|w| w[0] < w[1]),
+            "nearest first"
+        );
+        assert_eq!(PcieLevel::MultiSwitch.smi_name(), "PXB");
+        assert_eq!(PcieLevel::CrossCpu.smi_name(), "SYS");
+    }
+
+    #[test]
+    fn pairs_are_listed_once_each() {
+        let t = Topology::new(3, &[((2, 0), 4)], &[], None, true).unwrap();
+        assert_eq!(t.nvlink_pairs(), vec![((0, 2), 4)]);
+        assert_eq!(t.pcie_pairs().len(), 3);
+        assert!(t.nvswitch());
+        assert_eq!(t.nvlinks(0, 0), 0);
+        assert_eq!(t.nvlinks(0, 7), 0);
+    }
+
+    #[test]
     fn bad_pairs_are_refused() {
         assert!(Topology::new(2, &[((0, 2), 1)], &[], None, false).is_err());
         assert!(Topology::new(2, &[((1, 1), 1)], &[], None, false).is_err());

@@ -1,0 +1,19 @@
+//! gpulet._core: thin PyO3 bindings over gpulet-core. Each submodule file registers its own
+//! classes and functions; errors map to Python exceptions in one place (errors.rs).
+
+use pyo3::prelude::*;
+
+mod alloc;
+mod errors;
+mod mig;
+mod nvml;
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    errors::register(m)?;
+    nvml::register(m)?;
+    mig::register(m)?;
+    alloc::register(m)?;
+    Ok(())
+}

@@ -1,0 +1,585 @@
+//! Discovery and topology classes: `Topology`, `Gpu`, `MigDevice`, `Node`, `MigProfileInfo`,
+//! and the functions `discover` and `mig_profiles`.
+//!
+//! Every class is frozen (immutable after construction). Other binding files take a topology as
+//! `&Bound<'_, PyTopology>` (or `PyRef<'_, PyTopology>`) and read `.get().inner`, an
+//! `Arc<gpulet_core::topology::Topology>` they can clone into a `py.detach` closure.
+
+use std::sync::Arc;
+
+use gpulet_core::nvml as core_nvml;
+use gpulet_core::topology::{PcieLevel, Topology};
+use gpulet_core::CoreError;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyTuple};
+
+use crate::errors::CoreResultExt;
+
+fn topology_error(message: String) -> PyErr {
+    crate::errors::to_py(CoreError::Topology(message))
+}
+
+/// A GPU pair key of a `nvlinks=` or `pcie=` mapping.
+fn extract_pair(key: &Bound<'_, PyAny>, what: &str, gpu_count: usize) -> PyResult<(usize, usize)> {
+    let pair: (i64, i64) = key.extract().map_err(|_| {
+        topology_error(format!(
+            "{what} key {} is not a pair of GPU indices such as (0, 1)",
+            repr(key)
+        ))
+    })?;
+    let (a, b) = pair;
+    let in_range = |v: i64| v >= 0 && (v as u64) < gpu_count as u64;
+    if !in_range(a) || !in_range(b) {
+        return Err(topology_error(format!(
+            "{what} pair ({a}, {b}) names a GPU outside 0..{gpu_count}"
+        )));
+    }
+    Ok((a as usize, b as usize))
+}
+
+fn repr(obj: &Bound<'_, PyAny>) -> String {
+    obj.repr()
+        .map(|r| r.to_string())
+        .unwrap_or_else(|_| "<unprintable>".to_owned())
+}
+
+/// The items of a mapping argument, in its iteration order.
+fn items<'py>(
+    obj: &Bound<'py, PyAny>,
+    what: &str,
+) -> PyResult<Vec<(Bound<'py, PyAny>, Bound<'py, PyAny>)>> {
+    let items = obj.call_method0("items").map_err(|_| {
+        topology_error(format!(
+            "{what} must be a mapping of GPU pairs, got {}",
+            repr(obj)
+        ))
+    })?;
+    items
+        .try_iter()?
+        .map(|item| item?.extract::<(Bound<'py, PyAny>, Bound<'py, PyAny>)>())
+        .collect()
+}
+
+fn check_index(t: &Topology, gpu: i64) -> PyResult<usize> {
+    if gpu < 0 || gpu as u64 >= t.gpu_count() as u64 {
+        return Err(topology_error(format!(
+            "GPU {gpu} is outside 0..{} of this topology",
+            t.gpu_count()
+        )));
+    }
+    Ok(gpu as usize)
+}
+
+/// The link matrix between the GPUs of one node (`gpulet.Topology`).
+#[pyclass(frozen, eq, hash, name = "Topology", module = "gpulet._core")]
+#[derive(PartialEq, Eq, Hash)]
+pub struct PyTopology {
+    pub inner: Arc<Topology>,
+}
+
+impl PyTopology {
+    pub fn new_from(inner: Topology) -> Self {
+        PyTopology {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// PCIe pairs whose level differs from the default that `numa` implies (for `__repr__`).
+    fn explicit_pcie(&self) -> Vec<((usize, usize), PcieLevel)> {
+        let t = &self.inner;
+        t.pcie_pairs()
+            .into_iter()
+            .filter(|&((a, b), level)| {
+                let default = match t.numa() {
+                    Some(n) if n[a] != n[b] => PcieLevel::CrossCpu,
+                    _ => PcieLevel::SameCpu,
+                };
+                level != default
+            })
+            .collect()
+    }
+}
+
+#[pymethods]
+impl PyTopology {
+    #[new]
+    #[pyo3(signature = (gpu_count, nvlinks=None, pcie=None, numa=None, nvswitch=false))]
+    fn py_new(
+        py: Python<'_>,
+        gpu_count: i64,
+        nvlinks: Option<&Bound<'_, PyAny>>,
+        pcie: Option<&Bound<'_, PyAny>>,
+        numa: Option<Vec<i32>>,
+        nvswitch: bool,
+    ) -> PyResult<Self> {
+        let gpu_count = usize::try_from(gpu_count)
+            .map_err(|_| topology_error(format!("gpu_count must be 0 or more, got {gpu_count}")))?;
+        let mut links = Vec::new();
+        if let Some(m) = nvlinks {
+            for (k, v) in items(m, "nvlinks")? {
+                let pair = extract_pair(&k, "nvlink", gpu_count)?;
+                let count: u32 = v.extract().map_err(|_| {
+                    topology_error(format!(
+                        "nvlink pair {} has link count {}; expected a whole number 0 or more",
+                        repr(&k),
+                        repr(&v)
+                    ))
+                })?;
+                links.push((pair, count));
+            }
+        }
+        let mut levels = Vec::new();
+        if let Some(m) = pcie {
+            for (k, v) in items(m, "pcie")? {
+                let pair = extract_pair(&k, "pcie", gpu_count)?;
+                let name: String = v.extract().map_err(|_| {
+                    topology_error(format!(
+                        "pcie pair {} has level {}; expected a level name such as \"single-switch\"",
+                        repr(&k),
+                        repr(&v)
+                    ))
+                })?;
+                levels.push((pair, PcieLevel::from_name(&name).py()?));
+            }
+        }
+        let t = py
+            .detach(|| Topology::new(gpu_count, &links, &levels, numa, nvswitch))
+            .py()?;
+        Ok(PyTopology::new_from(t))
+    }
+
+    /// Number of GPUs.
+    #[getter]
+    fn gpu_count(&self) -> usize {
+        self.inner.gpu_count()
+    }
+
+    /// Direct NVLinks between GPUs `a` and `b` (0 when a == b).
+    fn nvlinks(&self, a: i64, b: i64) -> PyResult<u32> {
+        let (a, b) = (check_index(&self.inner, a)?, check_index(&self.inner, b)?);
+        Ok(self.inner.nvlinks(a, b))
+    }
+
+    /// PCIe level between two distinct GPUs, e.g. "single-switch".
+    fn pcie(&self, a: i64, b: i64) -> PyResult<&'static str> {
+        let (a, b) = (check_index(&self.inner, a)?, check_index(&self.inner, b)?);
+        if a == b {
+            return Err(topology_error(format!(
+                "GPU {a} has no PCIe path to itself"
+            )));
+        }
+        Ok(self.inner.pcie(a, b).name())
+    }
+
+    /// NUMA node of each GPU, or None when unknown.
+    #[getter]
+    fn numa(&self) -> Option<Vec<i32>> {
+        self.inner.numa().map(<[i32]>::to_vec)
+    }
+
+    /// Whether the GPUs reach each other through NVSwitches.
+    #[getter]
+    fn nvswitch(&self) -> bool {
+        self.inner.nvswitch()
+    }
+
+    /// Every unordered pair (a < b) with direct NVLinks, and its link count.
+    fn nvlink_pairs<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for ((a, b), l) in self.inner.nvlink_pairs() {
+            d.set_item((a, b), l)?;
+        }
+        Ok(d)
+    }
+
+    /// Every unordered pair (a < b) and its PCIe level.
+    fn pcie_pairs<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for ((a, b), l) in self.inner.pcie_pairs() {
+            d.set_item((a, b), l.name())?;
+        }
+        Ok(d)
+    }
+
+    fn __repr__(&self) -> String {
+        let t = &self.inner;
+        let links: Vec<String> = t
+            .nvlink_pairs()
+            .iter()
+            .map(|((a, b), l)| format!("({a}, {b}): {l}"))
+            .collect();
+        let levels: Vec<String> = self
+            .explicit_pcie()
+            .iter()
+            .map(|((a, b), l)| format!("({a}, {b}): {:?}", l.name()))
+            .collect();
+        let numa = match t.numa() {
+            Some(n) => format!("{n:?}"),
+            None => "None".to_owned(),
+        };
+        format!(
+            "Topology(gpu_count={}, nvlinks={{{}}}, pcie={{{}}}, numa={numa}, nvswitch={})",
+            t.gpu_count(),
+            links.join(", "),
+            levels.join(", "),
+            if t.nvswitch() { "True" } else { "False" }
+        )
+    }
+
+    fn __reduce__<'py>(
+        slf: &Bound<'py, Self>,
+    ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
+        let py = slf.py();
+        let this = slf.get();
+        let links = PyDict::new(py);
+        for ((a, b), l) in this.inner.nvlink_pairs() {
+            links.set_item((a, b), l)?;
+        }
+        let levels = PyDict::new(py);
+        for ((a, b), l) in this.explicit_pcie() {
+            levels.set_item((a, b), l.name())?;
+        }
+        let args = (
+            this.inner.gpu_count(),
+            links,
+            levels,
+            this.inner.numa().map(<[i32]>::to_vec),
+            this.inner.nvswitch(),
+        );
+        Ok((slf.get_type().into_any(), args.into_pyobject(py)?))
+    }
+}
+
+/// One existing MIG device.
+#[pyclass(frozen, eq, name = "MigDevice", module = "gpulet._core")]
+#[derive(PartialEq)]
+pub struct PyMigDevice {
+    inner: core_nvml::MigDevice,
+}
+
+#[pymethods]
+impl PyMigDevice {
+    #[getter]
+    fn index(&self) -> u32 {
+        self.inner.index
+    }
+    #[getter]
+    fn uuid(&self) -> &str {
+        &self.inner.uuid
+    }
+    #[getter]
+    fn gpu_instance_id(&self) -> u32 {
+        self.inner.gpu_instance_id
+    }
+    #[getter]
+    fn compute_instance_id(&self) -> u32 {
+        self.inner.compute_instance_id
+    }
+    #[getter]
+    fn profile_id(&self) -> Option<u32> {
+        self.inner.profile_id
+    }
+    #[getter]
+    fn profile_name(&self) -> Option<&str> {
+        self.inner.profile_name.as_deref()
+    }
+    #[getter]
+    fn placement_start(&self) -> Option<u32> {
+        self.inner.placement_start
+    }
+    #[getter]
+    fn placement_size(&self) -> Option<u32> {
+        self.inner.placement_size
+    }
+    #[getter]
+    fn memory_bytes(&self) -> u64 {
+        self.inner.memory_bytes
+    }
+
+    fn __repr__(&self) -> String {
+        let m = &self.inner;
+        format!(
+            "MigDevice(uuid={:?}, profile={}, placement={}, gpu_instance_id={}, compute_instance_id={})",
+            m.uuid,
+            m.profile_name.as_deref().map_or("None".to_owned(), |n| format!("{n:?}")),
+            match (m.placement_start, m.placement_size) {
+                (Some(s), Some(z)) => format!("({s}, {z})"),
+                _ => "None".to_owned(),
+            },
+            m.gpu_instance_id,
+            m.compute_instance_id
+        )
+    }
+}
+
+/// One physical GPU as NVML reports it.
+#[pyclass(frozen, eq, name = "Gpu", module = "gpulet._core")]
+pub struct PyGpu {
+    inner: core_nvml::Gpu,
+    mig_devices: Vec<Py<PyMigDevice>>,
+}
+
+impl PartialEq for PyGpu {
+    fn eq(&self, other: &Self) -> bool {
+        self.inner == other.inner
+    }
+}
+
+#[pymethods]
+impl PyGpu {
+    #[getter]
+    fn index(&self) -> u32 {
+        self.inner.index
+    }
+    #[getter]
+    fn minor(&self) -> u32 {
+        self.inner.minor
+    }
+    #[getter]
+    fn uuid(&self) -> &str {
+        &self.inner.uuid
+    }
+    #[getter]
+    fn name(&self) -> &str {
+        &self.inner.name
+    }
+    #[getter]
+    fn serial(&self) -> Option<&str> {
+        self.inner.serial.as_deref()
+    }
+    #[getter]
+    fn memory_bytes(&self) -> u64 {
+        self.inner.memory_bytes
+    }
+    #[getter]
+    fn compute_capability(&self) -> (u32, u32) {
+        self.inner.compute_capability
+    }
+    #[getter]
+    fn architecture(&self) -> &str {
+        &self.inner.architecture
+    }
+    #[getter]
+    fn pci_bus_id(&self) -> &str {
+        &self.inner.pci_bus_id
+    }
+    #[getter]
+    fn pci_device_id(&self) -> u32 {
+        self.inner.pci_device_id
+    }
+    #[getter]
+    fn numa_node(&self) -> Option<i32> {
+        self.inner.numa_node
+    }
+    #[getter]
+    fn cpu_affinity(&self) -> Vec<u32> {
+        self.inner.cpu_affinity.clone()
+    }
+    #[getter]
+    fn mig_capable(&self) -> bool {
+        self.inner.mig_capable
+    }
+    #[getter]
+    fn mig_enabled(&self) -> bool {
+        self.inner.mig_enabled
+    }
+    #[getter]
+    fn mig_pending(&self) -> bool {
+        self.inner.mig_pending
+    }
+    #[getter]
+    fn mig_devices(&self, py: Python<'_>) -> Vec<Py<PyMigDevice>> {
+        self.mig_devices.iter().map(|m| m.clone_ref(py)).collect()
+    }
+    #[getter]
+    fn nvlinks(&self) -> u32 {
+        self.inner.nvlinks
+    }
+    #[getter]
+    fn nvswitch_links(&self) -> u32 {
+        self.inner.nvswitch_links
+    }
+
+    fn __repr__(&self) -> String {
+        let g = &self.inner;
+        format!(
+            "Gpu(index={}, name={:?}, uuid={:?}, pci_bus_id={:?}, mig_enabled={})",
+            g.index,
+            g.name,
+            g.uuid,
+            g.pci_bus_id,
+            if g.mig_enabled { "True" } else { "False" }
+        )
+    }
+}
+
+/// The node: GPUs, topology and driver versions.
+#[pyclass(frozen, eq, name = "Node", module = "gpulet._core")]
+pub struct PyNode {
+    inner: core_nvml::Node,
+    gpus: Vec<Py<PyGpu>>,
+    topology: Py<PyTopology>,
+}
+
+impl PartialEq for PyNode {
+    fn eq(&self, other: &Self) -> bool {
+        self.inner == other.inner
+    }
+}
+
+impl PyNode {
+    fn build(py: Python<'_>, node: core_nvml::Node) -> PyResult<Self> {
+        let mut gpus = Vec::with_capacity(node.gpus.len());
+        for g in &node.gpus {
+            let mig_devices = g
+                .mig_devices
+                .iter()
+                .map(|m| Py::new(py, PyMigDevice { inner: m.clone() }))
+                .collect::<PyResult<Vec<_>>>()?;
+            gpus.push(Py::new(
+                py,
+                PyGpu {
+                    inner: g.clone(),
+                    mig_devices,
+                },
+            )?);
+        }
+        let topology = Py::new(py, PyTopology::new_from(node.topology.clone()))?;
+        Ok(PyNode {
+            inner: node,
+            gpus,
+            topology,
+        })
+    }
+}
+
+#[pymethods]
+impl PyNode {
+    /// Every GPU, in NVML index order.
+    #[getter]
+    fn gpus(&self, py: Python<'_>) -> Vec<Py<PyGpu>> {
+        self.gpus.iter().map(|g| g.clone_ref(py)).collect()
+    }
+    #[getter]
+    fn topology(&self, py: Python<'_>) -> Py<PyTopology> {
+        self.topology.clone_ref(py)
+    }
+    #[getter]
+    fn driver_version(&self) -> &str {
+        &self.inner.driver_version
+    }
+    /// 1000 × major + 10 × minor, as NVML reports it (12080 is CUDA 12.8).
+    #[getter]
+    fn cuda_driver_version(&self) -> i32 {
+        self.inner.cuda_driver_version
+    }
+    #[getter]
+    fn nvml_version(&self) -> &str {
+        &self.inner.nvml_version
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Node(gpus={}, driver_version={:?}, cuda_driver_version={}, nvml_version={:?})",
+            self.gpus.len(),
+            self.inner.driver_version,
+            self.inner.cuda_driver_version,
+            self.inner.nvml_version
+        )
+    }
+}
+
+/// One MIG GPU-instance profile as the GPU reports it.
+#[pyclass(frozen, eq, get_all, name = "MigProfileInfo", module = "gpulet._core")]
+#[derive(PartialEq)]
+pub struct PyMigProfileInfo {
+    name: String,
+    profile_id: u32,
+    nvml_profile: u32,
+    compute_slices: u32,
+    memory_slices: u32,
+    memory_mib: u64,
+    multiprocessors: u32,
+    copy_engines: u32,
+    decoders: u32,
+    encoders: u32,
+    jpegs: u32,
+    ofas: u32,
+    max_instances: u32,
+    placements: Vec<u32>,
+}
+
+impl From<core_nvml::MigProfileInfo> for PyMigProfileInfo {
+    fn from(p: core_nvml::MigProfileInfo) -> Self {
+        PyMigProfileInfo {
+            name: p.name,
+            profile_id: p.profile_id,
+            nvml_profile: p.nvml_profile,
+            compute_slices: p.compute_slices,
+            memory_slices: p.memory_slices,
+            memory_mib: p.memory_mib,
+            multiprocessors: p.multiprocessors,
+            copy_engines: p.copy_engines,
+            decoders: p.decoders,
+            encoders: p.encoders,
+            jpegs: p.jpegs,
+            ofas: p.ofas,
+            max_instances: p.max_instances,
+            placements: p.placements,
+        }
+    }
+}
+
+#[pymethods]
+impl PyMigProfileInfo {
+    fn __repr__(&self) -> String {
+        format!(
+            "MigProfileInfo(name={:?}, profile_id={}, compute_slices={}, memory_slices={}, \
+             memory_mib={}, max_instances={}, placements={:?})",
+            self.name,
+            self.profile_id,
+            self.compute_slices,
+            self.memory_slices,
+            self.memory_mib,
+            self.max_instances,
+            self.placements
+        )
+    }
+}
+
+/// Discover the node through NVML (the real library, or the one `library_path` or
+/// `GPULET_NVML_LIB` names).
+#[pyfunction]
+#[pyo3(signature = (library_path=None))]
+fn discover(py: Python<'_>, library_path: Option<String>) -> PyResult<PyNode> {
+    let node = py
+        .detach(|| core_nvml::discover(library_path.as_deref()))
+        .py()?;
+    PyNode::build(py, node)
+}
+
+/// The MIG GPU-instance profiles GPU `gpu` supports, with their possible placements (empty for a
+/// GPU without MIG). Read-only.
+#[pyfunction]
+#[pyo3(signature = (gpu, library_path=None))]
+fn mig_profiles(
+    py: Python<'_>,
+    gpu: u32,
+    library_path: Option<String>,
+) -> PyResult<Vec<PyMigProfileInfo>> {
+    let profiles = py
+        .detach(|| core_nvml::mig_profiles(library_path.as_deref(), gpu))
+        .py()?;
+    Ok(profiles.into_iter().map(PyMigProfileInfo::from).collect())
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyTopology>()?;
+    m.add_class::<PyGpu>()?;
+    m.add_class::<PyMigDevice>()?;
+    m.add_class::<PyNode>()?;
+    m.add_class::<PyMigProfileInfo>()?;
+    m.add_function(wrap_pyfunction!(discover, m)?)?;
+    m.add_function(wrap_pyfunction!(mig_profiles, m)?)?;
+    Ok(())
+}
