@@ -5,6 +5,7 @@ use pyo3::prelude::*;
 
 mod alloc;
 mod errors;
+mod events;
 mod mig;
 mod nvml;
 
@@ -15,5 +16,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     nvml::register(m)?;
     mig::register(m)?;
     alloc::register(m)?;
+    events::register(m)?;
     Ok(())
 }

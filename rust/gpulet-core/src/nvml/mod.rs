@@ -12,6 +12,7 @@
 //! about Python; the bindings call these functions with the GIL released.
 
 mod discover;
+pub mod events;
 mod raw;
 
 use std::ffi::OsStr;

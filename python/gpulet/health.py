@@ -1,0 +1,1151 @@
+"""The health engine: XID policy and a per-device health state machine that recovers.
+
+NVML events (XID critical errors, ECC errors, GPUs falling off the bus) come through the core's
+:class:`gpulet._core.EventWatcher`; each one is classified by the configured policy
+(:class:`gpulet.config.HealthPolicy`) into a :data:`HealthClass`:
+
+``ignore``
+    The GPU stays healthy (the application's fault, or informational).
+``recoverable``
+    Unhealthy until the GPU passes its re-probe (:func:`gpulet._core.probe`) continuously for
+    ``recovery_period``; a failing probe, or another such event, starts the period again.
+``reset-required``
+    Unhealthy until the GPU has been reset: either the monitor saw it gone
+    (``NVML_ERROR_GPU_IS_LOST``, or XID 79) and then answer again, or an operator called
+    :meth:`HealthMonitor.mark_reset`. After the reset it recovers as ``recoverable`` does.
+``permanent``
+    Unhealthy until gpulet restarts or an operator calls :meth:`HealthMonitor.mark_reset` (what
+    NVIDIA's device plugin does with every XID it does not ignore; used by the
+    ``nvidia-device-plugin`` preset).
+
+:class:`HealthMonitor` owns the state of every GPU and MIG device (by UUID) and a thread that
+waits for events and re-probes; its state machine is driven through :meth:`HealthMonitor.handle`
+and :meth:`HealthMonitor.step` with an injectable clock, so tests need no thread and no sleep.
+See docs/health.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from types import MappingProxyType
+from typing import Any, Final, Literal, NamedTuple, Protocol, cast
+
+from gpulet.config import HealthPolicy
+from gpulet.errors import NvmlError
+
+__all__ = [
+    "DEFAULT_XID_CLASS",
+    "GPU_IS_LOST",
+    "HEALTH_CLASSES",
+    "NVIDIA_DEVICE_PLUGIN_IGNORED_XIDS",
+    "XID_CATALOG",
+    "DeviceStatus",
+    "GpuRef",
+    "HealthChange",
+    "HealthClass",
+    "HealthMonitor",
+    "MigRef",
+    "XidInfo",
+    "classify_event",
+    "classify_xid",
+    "gpus_from_node",
+]
+
+log = logging.getLogger("gpulet.health")
+
+HealthClass = Literal["ignore", "recoverable", "reset-required", "permanent"]
+HEALTH_CLASSES: Final[tuple[HealthClass, ...]] = (
+    "ignore",
+    "recoverable",
+    "reset-required",
+    "permanent",
+)
+_SEVERITY: Final[Mapping[HealthClass, int]] = MappingProxyType(
+    {"ignore": 0, "recoverable": 1, "reset-required": 2, "permanent": 3}
+)
+
+#: ``NVML_ERROR_GPU_IS_LOST``: the GPU fell off the bus.
+GPU_IS_LOST: Final = 15
+#: The XID NVML reports when it cannot name the XID.
+XID_UNKNOWN: Final = 999
+
+#: XIDs NVIDIA's device plugin ignores (``internal/rm/health.go``); every other XID marks a GPU
+#: unhealthy there, for good.
+NVIDIA_DEVICE_PLUGIN_IGNORED_XIDS: Final[frozenset[int]] = frozenset({13, 31, 43, 45, 68, 109})
+
+
+@dataclass(frozen=True)
+class XidInfo:
+    """One XID of NVIDIA's XID catalog and the class gpulet's default preset gives it."""
+
+    xid: int
+    #: NVIDIA's mnemonic, e.g. ``ROBUST_CHANNEL_GPU_ECC_DBE``.
+    mnemonic: str
+    description: str
+    #: The catalog's immediate-action resolution bucket, e.g. ``RESET_GPU``.
+    catalog_action: str
+    health_class: HealthClass
+
+
+#: Any XID the catalog table below does not list (including 999, "unknown").
+DEFAULT_XID_CLASS: Final[HealthClass] = "recoverable"
+
+
+def _table() -> dict[int, XidInfo]:
+    # (xid, mnemonic, description, immediate action in NVIDIA's XID catalog, class). The class
+    # follows the immediate action: IGNORE and RESTART_APP (the GPU is fine, the application
+    # must restart) -> ignore; RESET_GPU, RESTART_BM, RESTART_VM and the DBE / NVLink workflows
+    # that say "a GPU reset or node reboot is needed" -> reset-required. Where the catalog's
+    # action depends on a sub-code NVML's event does not carry (the NVLink5 XIDs 144-148, 150)
+    # or the XID is unused on current GPUs (61), the class is recoverable.
+    rows: list[tuple[int, str, str, str, HealthClass]] = [
+        (
+            8,
+            "ROBUST_CHANNEL_FIFO_ERROR_IDLE_TIMEOUT",
+            "GPU stopped processing",
+            "RESTART_APP",
+            "ignore",
+        ),
+        (
+            11,
+            "ROBUST_CHANNEL_GR_ERROR_MISSING_HW",
+            "Invalid or corrupted push buffer stream",
+            "RESTART_APP",
+            "ignore",
+        ),
+        (13, "ROBUST_CHANNEL_GR_EXCEPTION", "Graphics Engine Exception", "RESTART_APP", "ignore"),
+        (14, "ROBUST_CHANNEL_FAKE_ERROR", "Fake or injected error", "IGNORE", "ignore"),
+        (
+            25,
+            "ROBUST_CHANNEL_GR_ILLEGAL_NOTIFY",
+            "Invalid or illegal push buffer stream",
+            "RESTART_APP",
+            "ignore",
+        ),
+        (
+            31,
+            "ROBUST_CHANNEL_FIFO_ERROR_MMU_ERR_FLT",
+            "GPU memory page fault",
+            "RESTART_APP",
+            "ignore",
+        ),
+        (
+            32,
+            "ROBUST_CHANNEL_PBDMA_ERROR",
+            "Invalid or corrupted push buffer stream (PBDMA)",
+            "RESTART_APP",
+            "ignore",
+        ),
+        (
+            37,
+            "ROBUST_CHANNEL_FECS_ERR_UNIMP_FIRMWARE_METHOD",
+            "Driver firmware error",
+            "IGNORE",
+            "ignore",
+        ),
+        (
+            38,
+            "ROBUST_CHANNEL_FECS_ERR_WATCHDOG_TIMEOUT",
+            "Driver firmware error",
+            "IGNORE",
+            "ignore",
+        ),
+        (39, "ROBUST_CHANNEL_CE0_ERROR", "Copy Engine Exception", "RESTART_APP", "ignore"),
+        (40, "ROBUST_CHANNEL_CE1_ERROR", "Copy Engine Exception", "RESTART_APP", "ignore"),
+        (41, "ROBUST_CHANNEL_CE2_ERROR", "Copy Engine Exception", "RESTART_APP", "ignore"),
+        (
+            43,
+            "ROBUST_CHANNEL_RESETCHANNEL_VERIF_ERROR",
+            "GPU stopped processing",
+            "IGNORE",
+            "ignore",
+        ),
+        (
+            44,
+            "ROBUST_CHANNEL_GR_FAULT_DURING_CTXSW",
+            "Graphics Engine fault during context switch",
+            "IGNORE",
+            "ignore",
+        ),
+        (
+            45,
+            "ROBUST_CHANNEL_PREEMPTIVE_REMOVAL",
+            "Preemptive cleanup, due to previous errors",
+            "WORKFLOW_XID_45",
+            "ignore",
+        ),
+        (
+            46,
+            "ROBUST_CHANNEL_GPU_TIMEOUT_ERROR",
+            "GPU stopped processing",
+            "RESET_GPU",
+            "reset-required",
+        ),
+        (
+            48,
+            "ROBUST_CHANNEL_GPU_ECC_DBE",
+            "Double Bit ECC Error",
+            "WORKFLOW_XID_48",
+            "reset-required",
+        ),
+        (
+            54,
+            "SILENT_RUNNING_PWR_REDUCED_CLOCKING",
+            "Auxiliary power is not connected to the GPU board",
+            "CHECK_MECHANICALS",
+            "reset-required",
+        ),
+        (60, "ROBUST_CHANNEL_SEC2_ERROR", "Video processor exception", "RESTART_APP", "ignore"),
+        (
+            61,
+            "PMU_BREAKPOINT",
+            "Internal micro-controller breakpoint/warning",
+            "CONTACT_SUPPORT",
+            "recoverable",
+        ),
+        (62, "PMU_HALT_ERROR", "Internal micro-controller halt", "RESET_GPU", "reset-required"),
+        (63, "INFOROM_DRAM_RETIREMENT_EVENT", "GPU memory remapping event", "IGNORE", "ignore"),
+        (
+            64,
+            "INFOROM_DRAM_RETIREMENT_FAILURE",
+            "GPU memory remapping failure",
+            "RESET_GPU",
+            "reset-required",
+        ),
+        (
+            66,
+            "ROBUST_CHANNEL_FECS_ERR_REG_ACCESS_VIOLATION",
+            "Illegal access by driver",
+            "IGNORE",
+            "ignore",
+        ),
+        (
+            67,
+            "ROBUST_CHANNEL_FECS_ERR_VERIF_VIOLATION",
+            "Illegal access by driver",
+            "IGNORE",
+            "ignore",
+        ),
+        (
+            68,
+            "ROBUST_CHANNEL_NVDEC0_ERROR",
+            "NVDEC0 Exception (video processor)",
+            "RESTART_APP",
+            "ignore",
+        ),
+        (
+            69,
+            "ROBUST_CHANNEL_GR_CLASS_ERROR",
+            "Graphics Engine class error",
+            "RESTART_APP",
+            "ignore",
+        ),
+        (70, "ROBUST_CHANNEL_CE3_ERROR", "Copy Engine Exception", "RESTART_APP", "ignore"),
+        (71, "ROBUST_CHANNEL_CE4_ERROR", "Copy Engine Exception", "RESTART_APP", "ignore"),
+        (72, "ROBUST_CHANNEL_CE5_ERROR", "Copy Engine Exception", "RESTART_APP", "ignore"),
+        (74, "NVLINK_ERROR", "NVLink Error", "WORKFLOW_NVLINK_ERR", "reset-required"),
+        (75, "ROBUST_CHANNEL_CE6_ERROR", "Copy Engine Exception", "RESTART_APP", "ignore"),
+        (76, "ROBUST_CHANNEL_CE7_ERROR", "Copy Engine Exception", "RESTART_APP", "ignore"),
+        (77, "ROBUST_CHANNEL_CE8_ERROR", "Copy Engine Exception", "RESTART_APP", "ignore"),
+        (78, "VGPU_START_ERROR", "vGPU Start Error", "UPDATE_SWFW", "recoverable"),
+        (
+            79,
+            "ROBUST_CHANNEL_GPU_HAS_FALLEN_OFF_THE_BUS",
+            "GPU has fallen off the bus",
+            "RESTART_BM",
+            "reset-required",
+        ),
+        (
+            80,
+            "PBDMA_PUSHBUFFER_CRC_MISMATCH",
+            "Corrupted data sent to GPU",
+            "RESTART_APP",
+            "ignore",
+        ),
+        (82, "ROBUST_CHANNEL_NVJPG0_ERROR", "NVJPG0 Error", "RESTART_APP", "ignore"),
+        (83, "ROBUST_CHANNEL_NVDEC1_ERROR", "NVDEC1 Error", "RESTART_APP", "ignore"),
+        (84, "ROBUST_CHANNEL_NVDEC2_ERROR", "NVDEC2 Error", "RESTART_APP", "ignore"),
+        (85, "ROBUST_CHANNEL_CE9_ERROR", "Copy Engine Exception", "RESTART_APP", "ignore"),
+        (86, "ROBUST_CHANNEL_OFA0_ERROR", "OFA Exception", "RESTART_APP", "ignore"),
+        (88, "ROBUST_CHANNEL_NVDEC3_ERROR", "NVDEC3 Error", "RESTART_APP", "ignore"),
+        (89, "ROBUST_CHANNEL_NVDEC4_ERROR", "NVDEC4 Error", "RESTART_APP", "ignore"),
+        (92, "EXCESSIVE_SBE_INTERRUPTS", "High single-bit ECC error rate", "IGNORE", "ignore"),
+        (
+            93,
+            "INFOROM_ERASE_LIMIT_EXCEEDED",
+            "Non-fatal violation of provisioned InfoROM wear limit",
+            "IGNORE",
+            "ignore",
+        ),
+        (94, "ROBUST_CHANNEL_CONTAINED_ERROR", "Contained memory error", "RESTART_APP", "ignore"),
+        (
+            95,
+            "ROBUST_CHANNEL_UNCONTAINED_ERROR",
+            "Uncontained memory error",
+            "RESET_GPU",
+            "reset-required",
+        ),
+        (96, "ROBUST_CHANNEL_NVDEC5_ERROR", "NVDEC5 Error", "RESTART_APP", "ignore"),
+        (97, "ROBUST_CHANNEL_NVDEC6_ERROR", "NVDEC6 Error", "RESTART_APP", "ignore"),
+        (98, "ROBUST_CHANNEL_NVDEC7_ERROR", "NVDEC7 Error", "RESTART_APP", "ignore"),
+        (99, "ROBUST_CHANNEL_NVJPG1_ERROR", "NVJPG1 Error", "RESTART_APP", "ignore"),
+        (100, "ROBUST_CHANNEL_NVJPG2_ERROR", "NVJPG2 Error", "RESTART_APP", "ignore"),
+        (101, "ROBUST_CHANNEL_NVJPG3_ERROR", "NVJPG3 Error", "RESTART_APP", "ignore"),
+        (102, "ROBUST_CHANNEL_NVJPG4_ERROR", "NVJPG4 Error", "RESTART_APP", "ignore"),
+        (103, "ROBUST_CHANNEL_NVJPG5_ERROR", "NVJPG5 Error", "RESTART_APP", "ignore"),
+        (104, "ROBUST_CHANNEL_NVJPG6_ERROR", "NVJPG6 Error", "RESTART_APP", "ignore"),
+        (105, "ROBUST_CHANNEL_NVJPG7_ERROR", "NVJPG7 Error", "RESTART_APP", "ignore"),
+        (106, "SMBPBI_TEST_MESSAGE", "SMBPBI Test Message", "IGNORE", "ignore"),
+        (107, "SMBPBI_TEST_MESSAGE_SILENT", "SMBPBI Test Message Silent", "IGNORE", "ignore"),
+        (
+            108,
+            "NVLINK_REMOTE_TRANSLATION_ERROR",
+            "NVLink remote translation error",
+            "IGNORE",
+            "ignore",
+        ),
+        (
+            109,
+            "ROBUST_CHANNEL_CTXSW_TIMEOUT_ERROR",
+            "Context Switch Timeout Error",
+            "RESET_GPU",
+            "reset-required",
+        ),
+        (110, "SEC_FAULT_ERROR", "Security Fault Error", "RESET_GPU", "reset-required"),
+        (119, "GSP_RPC_TIMEOUT", "GSP RPC Timeout", "RESET_GPU", "reset-required"),
+        (120, "GSP_ERROR", "GSP Error", "RESET_GPU", "reset-required"),
+        (
+            121,
+            "C2C_ERROR",
+            "C2C Error (corrected errors on the link to the Grace CPU)",
+            "IGNORE",
+            "ignore",
+        ),
+        (126, "ROBUST_CHANNEL_CE10_ERROR", "Copy Engine Exception", "RESTART_APP", "ignore"),
+        (127, "ROBUST_CHANNEL_CE11_ERROR", "Copy Engine Exception", "RESTART_APP", "ignore"),
+        (128, "ROBUST_CHANNEL_CE12_ERROR", "Copy Engine Exception", "RESTART_APP", "ignore"),
+        (129, "ROBUST_CHANNEL_CE13_ERROR", "Copy Engine Exception", "RESTART_APP", "ignore"),
+        (130, "ROBUST_CHANNEL_CE14_ERROR", "Copy Engine Exception", "RESTART_APP", "ignore"),
+        (131, "ROBUST_CHANNEL_CE15_ERROR", "Copy Engine Exception", "RESTART_APP", "ignore"),
+        (132, "ROBUST_CHANNEL_CE16_ERROR", "Copy Engine Exception", "RESTART_APP", "ignore"),
+        (133, "ROBUST_CHANNEL_CE17_ERROR", "Copy Engine Exception", "RESTART_APP", "ignore"),
+        (134, "ROBUST_CHANNEL_CE18_ERROR", "Copy Engine Exception", "RESTART_APP", "ignore"),
+        (135, "ROBUST_CHANNEL_CE19_ERROR", "Copy Engine Exception", "RESTART_APP", "ignore"),
+        (136, "ALI_TRAINING_FAIL", "NVLink link training failed", "RESET_GPU", "reset-required"),
+        (137, "NVLINK_PRIV_ERR", "NVLink Privilege Error", "IGNORE", "ignore"),
+        (139, "ROBUST_CHANNEL_OFA1_ERROR", "OFA1 Error", "RESTART_APP", "ignore"),
+        (
+            140,
+            "UNRECOVERABLE_ECC_ERROR_ESCAPE",
+            "ECC Unrecovered Error",
+            "RESET_GPU",
+            "reset-required",
+        ),
+        (141, "ROBUST_CHANNEL_FAST_PATH_ERROR", "CUDA Fast Path Error", "IGNORE", "ignore"),
+        (143, "GPU_INIT_ERROR", "GPU Initialization Error", "RESET_GPU", "reset-required"),
+        (144, "NVLINK_SAW_ERROR", "NVLink: SAW Error", "WORKFLOW_NVLINK5_ERR", "recoverable"),
+        (145, "NVLINK_RLW_ERROR", "NVLink: RLW Error", "WORKFLOW_NVLINK5_ERR", "recoverable"),
+        (146, "NVLINK_TLW_ERROR", "NVLink: TLW Error", "WORKFLOW_NVLINK5_ERR", "recoverable"),
+        (147, "NVLINK_TREX_ERROR", "NVLink: TREX Error", "WORKFLOW_NVLINK5_ERR", "recoverable"),
+        (
+            148,
+            "NVLINK_NVLPW_CTRL_ERROR",
+            "NVLink: NVLPW_CTRL Error",
+            "WORKFLOW_NVLINK5_ERR",
+            "recoverable",
+        ),
+        (
+            149,
+            "NVLINK_NETIR_ERROR",
+            "NVLink: NETIR Error (link fatal)",
+            "WORKFLOW_NVLINK5_ERR",
+            "reset-required",
+        ),
+        (150, "NVLINK_MSE_ERROR", "NVLink: MSE Error", "WORKFLOW_NVLINK5_ERR", "recoverable"),
+        (
+            151,
+            "ROBUST_CHANNEL_KEY_ROTATION_ERROR",
+            "Key rotation Error",
+            "RESTART_VM",
+            "reset-required",
+        ),
+        (
+            154,
+            "GPU_RECOVERY_ACTION_CHANGED",
+            "GPU Recovery Action Changed (accompanies another XID)",
+            "XID_154",
+            "ignore",
+        ),
+        (155, "NVLINK_SW_DEFINED_ERROR", "NVLink: SW Defined Error", "RESET_GPU", "reset-required"),
+        (
+            156,
+            "RESOURCE_RETIREMENT_EVENT",
+            "Resource Retirement Event",
+            "RESET_GPU",
+            "reset-required",
+        ),
+        (157, "RESOURCE_RETIREMENT_FAILURE", "Resource Retirement Failure", "IGNORE", "ignore"),
+        (158, "GPU_FATAL_TIMEOUT", "GPU Fatal Timeout", "RESET_GPU", "reset-required"),
+        (
+            159,
+            "ROBUST_CHANNEL_CHI_NON_DATA_ERROR",
+            "CHI Non-Data Error",
+            "CHECK_UVM",
+            "recoverable",
+        ),
+        (160, "CHANNEL_RETIREMENT_EVENT", "Channel Retirement Event", "IGNORE", "ignore"),
+        (161, "CHANNEL_RETIREMENT_FAILURE", "Channel Retirement Failure", "IGNORE", "ignore"),
+        (
+            162,
+            "PSHC_REENGAGED",
+            "Power smoothing circuitry re-engaged",
+            "none (no GPU reset required)",
+            "ignore",
+        ),
+        (
+            163,
+            "PSHC_DISENGAGED",
+            "Power smoothing circuitry disengaged",
+            "none (no GPU reset required)",
+            "ignore",
+        ),
+        (
+            164,
+            "PSHC_LOW_LIFETIME",
+            "Power smoothing circuitry low lifetime",
+            "none (monitor)",
+            "ignore",
+        ),
+        (
+            165,
+            "PSHC_ZERO_LIFETIME",
+            "Power smoothing circuitry lifetime exhausted",
+            "none (monitor)",
+            "ignore",
+        ),
+        (167, "PCIE_FATAL_TIMEOUT", "PCIe fatal timeout", "none listed (fatal)", "reset-required"),
+        (
+            169,
+            "SEC2_HALT_ERROR",
+            "Internal micro-controller halt",
+            "none listed (as XID 62)",
+            "reset-required",
+        ),
+        (
+            171,
+            "UNCORRECTABLE_DRAM_ERROR",
+            "Uncorrectable DRAM error (details of XID 48)",
+            "as XID 48",
+            "reset-required",
+        ),
+        (
+            172,
+            "UNCORRECTABLE_SRAM_ERROR",
+            "Uncorrectable SRAM error (details of XID 48)",
+            "as XID 48",
+            "reset-required",
+        ),
+    ]
+    return {xid: XidInfo(xid, m, d, a, c) for xid, m, d, a, c in rows}
+
+
+#: NVIDIA's XID catalog (Ampere and later), as the ``xid-catalog`` preset reads it.
+XID_CATALOG: Final[Mapping[int, XidInfo]] = MappingProxyType(_table())
+
+
+def describe_xid(xid: int) -> str:
+    """A short description of ``xid`` ("Double Bit ECC Error"), or "unknown XID"."""
+    info = XID_CATALOG.get(xid)
+    if info is not None:
+        return info.description
+    return "unknown XID" if xid == XID_UNKNOWN else "XID not in gpulet's catalog table"
+
+
+def _unhealthy_class(policy: HealthPolicy) -> HealthClass:
+    """The class the preset gives an XID it does not ignore, when it has no table entry."""
+    return "permanent" if policy.preset == "nvidia-device-plugin" else DEFAULT_XID_CLASS
+
+
+def _preset_class(xid: int, policy: HealthPolicy) -> HealthClass:
+    if policy.preset == "nvidia-device-plugin":
+        return "ignore" if xid in NVIDIA_DEVICE_PLUGIN_IGNORED_XIDS else "permanent"
+    info = XID_CATALOG.get(xid)
+    return info.health_class if info is not None else DEFAULT_XID_CLASS
+
+
+def classify_xid(xid: int, policy: HealthPolicy | None = None) -> HealthClass:
+    """The class of ``xid`` under ``policy`` (default: the default policy, ``xid-catalog``).
+
+    ``disabled`` ignores everything. An XID in ``critical_xids`` (or every XID, with ``"all"``)
+    always marks the device unhealthy: with the preset's class, or, where the preset ignores
+    it, ``recoverable`` (``xid-catalog``) / ``permanent`` (``nvidia-device-plugin``). Otherwise
+    an XID in ``ignored_xids`` is ignored, and the preset decides the rest.
+    """
+    p = policy if policy is not None else HealthPolicy()
+    if p.disabled:
+        return "ignore"
+    base = _preset_class(xid, p)
+    if p.critical_xids == "all" or xid in p.critical_xids:
+        return _unhealthy_class(p) if base == "ignore" else base
+    if xid in p.ignored_xids:
+        return "ignore"
+    return base
+
+
+class EventLike(Protocol):
+    """What the monitor reads from an event (:class:`gpulet._core.Event` is one)."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def gpu(self) -> int | None: ...
+    @property
+    def uuid(self) -> str | None: ...
+    @property
+    def data(self) -> int: ...
+    @property
+    def gpu_instance_id(self) -> int | None: ...
+    @property
+    def compute_instance_id(self) -> int | None: ...
+    @property
+    def detail(self) -> str | None: ...
+
+
+def classify_event(event: EventLike, policy: HealthPolicy | None = None) -> tuple[HealthClass, str]:
+    """The class of ``event`` under ``policy`` and the reason to report.
+
+    XIDs go through :func:`classify_xid`. A double-bit ECC event counts as XID 48 under
+    ``xid-catalog`` and is skipped under ``nvidia-device-plugin`` (NVIDIA's plugin acts on XID
+    events only); single-bit ECC and MIG configuration changes never change health. A GPU lost
+    (``NVML_ERROR_GPU_IS_LOST``) is ``reset-required`` (``permanent`` under
+    ``nvidia-device-plugin``) unless health checks are disabled.
+    """
+    p = policy if policy is not None else HealthPolicy()
+    kind = event.kind
+    if kind == "xid":
+        xid = event.data
+        return classify_xid(xid, p), f"XID {xid} ({describe_xid(xid)})"
+    if kind == "double-bit-ecc":
+        if p.preset == "nvidia-device-plugin":
+            return "ignore", "double-bit ECC error"
+        return classify_xid(48, p), "double-bit ECC error"
+    if kind == "gpu-lost":
+        if p.disabled:
+            return "ignore", "GPU lost"
+        detail = f": {event.detail}" if event.detail else ""
+        return _lost_class(p), f"GPU fell off the bus{detail}"
+    return "ignore", kind
+
+
+def _lost_class(policy: HealthPolicy) -> HealthClass:
+    return "permanent" if policy.preset == "nvidia-device-plugin" else "reset-required"
+
+
+# ---- inventory ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MigRef:
+    """A MIG device the monitor tracks."""
+
+    uuid: str
+    gpu_instance_id: int
+    compute_instance_id: int
+
+
+@dataclass(frozen=True)
+class GpuRef:
+    """A GPU the monitor tracks, with its MIG devices."""
+
+    index: int
+    uuid: str
+    mig_devices: tuple[MigRef, ...] = ()
+
+
+class _NodeLike(Protocol):
+    @property
+    def gpus(self) -> Sequence[Any]: ...
+
+
+def gpus_from_node(node: _NodeLike) -> list[GpuRef]:
+    """The inventory of a discovered node (:func:`gpulet.discover`)."""
+    return [
+        GpuRef(
+            index=g.index,
+            uuid=g.uuid,
+            mig_devices=tuple(
+                MigRef(m.uuid, m.gpu_instance_id, m.compute_instance_id) for m in g.mig_devices
+            ),
+        )
+        for g in node.gpus
+    ]
+
+
+# ---- state ----------------------------------------------------------------------------------
+
+
+class HealthChange(NamedTuple):
+    """A device turning healthy or unhealthy."""
+
+    device_id: str
+    healthy: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class DeviceStatus:
+    """The health of one device (a GPU or a MIG device, by UUID)."""
+
+    device_id: str
+    #: NVML index of the (parent) GPU.
+    gpu: int
+    gpu_uuid: str
+    #: Whether the device is a MIG device.
+    mig: bool
+    healthy: bool
+    #: Why the device is unhealthy ("" when healthy).
+    reason: str
+    health_class: HealthClass | None
+    #: Clock time the device went unhealthy (the monitor's clock).
+    since: float | None
+    #: The XID that made it unhealthy, if one did.
+    xid: int | None
+    #: Clock time of the first probe of the current passing run, while it recovers.
+    recovering_since: float | None
+    #: Whether recovery waits for a GPU reset (``reset-required`` not yet reset, ``permanent``).
+    awaiting_reset: bool
+    #: Whether NVML events are delivered for the device's GPU.
+    monitored: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class _State:
+    device_id: str
+    gpu: int
+    gpu_uuid: str
+    mig: MigRef | None
+    healthy: bool = True
+    reason: str = ""
+    klass: HealthClass | None = None
+    since: float | None = None
+    xid: int | None = None
+    #: Seen lost (GPU_IS_LOST, XID 79) since it went unhealthy: answering again is a reset.
+    lost: bool = False
+    #: Reset seen or marked: recovers as "recoverable" does.
+    reset: bool = False
+    ok_since: float | None = None
+
+    def effective(self) -> HealthClass | None:
+        if self.healthy:
+            return None
+        if self.reset:
+            return "recoverable"
+        return self.klass
+
+    def status(self, monitored: bool) -> DeviceStatus:
+        eff = self.effective()
+        return DeviceStatus(
+            device_id=self.device_id,
+            gpu=self.gpu,
+            gpu_uuid=self.gpu_uuid,
+            mig=self.mig is not None,
+            healthy=self.healthy,
+            reason=self.reason,
+            health_class=None if self.healthy else self.klass,
+            since=self.since,
+            xid=self.xid,
+            recovering_since=self.ok_since,
+            awaiting_reset=eff in ("reset-required", "permanent"),
+            monitored=monitored,
+        )
+
+    def copy_health_from(self, other: _State) -> None:
+        for f in ("healthy", "reason", "klass", "since", "xid", "lost", "reset", "ok_since"):
+            setattr(self, f, getattr(other, f))
+
+
+class _RegistrationLike(Protocol):
+    @property
+    def gpu(self) -> int: ...
+    @property
+    def status(self) -> str: ...
+
+
+class WatcherLike(Protocol):
+    """What the monitor needs from an event watcher (:class:`gpulet._core.EventWatcher`)."""
+
+    def wait(self, timeout_ms: int, /) -> Sequence[EventLike]: ...
+    def close(self) -> None: ...
+    def registrations(self) -> Sequence[_RegistrationLike]: ...
+
+
+Probe = Callable[[int], None]
+OnChange = Callable[[str, bool, str], None]
+
+
+def _seconds(value: float | timedelta) -> float:
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+class HealthMonitor:
+    """Health of every GPU and MIG device of a node, from NVML events and re-probes.
+
+    ``gpus`` is the inventory (a discovered :class:`gpulet.Node` or :class:`GpuRef` items;
+    :meth:`set_gpus` replaces it when MIG devices change). ``on_change(device_id, healthy,
+    reason)`` is called on every transition, outside the monitor's lock, from the thread that
+    caused it. ``watcher`` makes the event watcher (default: ``gpulet._core.EventWatcher`` on
+    ``library_path``), ``probe`` re-probes a GPU by index (default: ``gpulet._core.probe``),
+    ``clock`` gives monotonic seconds.
+
+    :meth:`start` creates the watcher and starts the thread; the thread waits up to
+    ``wait_timeout`` seconds per round, handles the events, and every ``probe_interval``
+    seconds probes every GPU (:meth:`step`). :meth:`stop` returns within about
+    ``wait_timeout``. Without the thread, :meth:`handle`, :meth:`wait_failed`, :meth:`wait_ok`
+    and :meth:`step` drive the same state machine, each with an explicit ``now``.
+
+    Event-wait failures: the first ``wait_failure_threshold - 1`` consecutive failures are
+    retried (logged only); at the threshold every device is marked unhealthy
+    (``recoverable``, or ``permanent`` under ``nvidia-device-plugin``), nothing recovers while
+    waits keep failing, and the thread makes a new watcher every ``probe_interval``. A
+    threshold of 1 is NVIDIA's behaviour.
+    """
+
+    def __init__(
+        self,
+        policy: HealthPolicy,
+        gpus: _NodeLike | Iterable[GpuRef],
+        *,
+        on_change: OnChange | None = None,
+        watcher: Callable[[], WatcherLike] | None = None,
+        probe: Probe | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        recovery_period: float | timedelta | None = None,
+        wait_timeout: float = 1.0,
+        probe_interval: float = 5.0,
+        wait_failure_threshold: int = 3,
+        library_path: str | None = None,
+        on_mig_change: Callable[[str], None] | None = None,
+    ) -> None:
+        if wait_timeout <= 0:
+            raise ValueError(f"wait_timeout must be more than 0 seconds, got {wait_timeout}")
+        if probe_interval < 0:
+            raise ValueError(f"probe_interval must be 0 or more seconds, got {probe_interval}")
+        if wait_failure_threshold < 1:
+            raise ValueError(
+                f"wait_failure_threshold must be 1 or more, got {wait_failure_threshold}"
+            )
+        self.policy: Final = policy
+        self.recovery_period: Final = _seconds(
+            policy.recovery_period if recovery_period is None else recovery_period
+        )
+        if self.recovery_period < 0:
+            raise ValueError(f"recovery_period must not be negative, got {self.recovery_period}")
+        self.wait_timeout: Final = float(wait_timeout)
+        self.probe_interval: Final = float(probe_interval)
+        self.wait_failure_threshold: Final = wait_failure_threshold
+        self.clock: Final = clock
+        self._on_change = on_change
+        self._on_mig_change = on_mig_change
+        self._library_path = library_path
+        self._watcher_factory = watcher if watcher is not None else self._default_watcher
+        self._probe: Probe = probe if probe is not None else self._default_probe
+        self._lock = threading.RLock()
+        self._gpus: dict[int, GpuRef] = {}
+        self._states: dict[str, _State] = {}
+        self._unmonitored: set[int] = set()
+        self._next_probe: float | None = None
+        self._wait_failures = 0
+        self._last_wait_error: str | None = None
+        self._blind = False
+        self._watcher: WatcherLike | None = None
+        self._next_watcher_attempt: float | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.set_gpus(gpus)
+
+    # ---- defaults -----------------------------------------------------------------------
+
+    def _default_watcher(self) -> WatcherLike:
+        from gpulet._core import EventWatcher
+
+        return EventWatcher(self._library_path, sorted(self._gpus))
+
+    def _default_probe(self, gpu: int) -> None:
+        from gpulet._core import probe
+
+        probe(gpu, self._library_path)
+
+    # ---- inventory ----------------------------------------------------------------------
+
+    def set_gpus(self, gpus: _NodeLike | Iterable[GpuRef]) -> None:
+        """Replace the inventory. Devices that stay keep their state; a new MIG device on an
+        unhealthy GPU starts with the GPU's state; devices that are gone are forgotten."""
+        refs = gpus_from_node(cast(_NodeLike, gpus)) if hasattr(gpus, "gpus") else list(gpus)
+        with self._lock:
+            old = self._states
+            states: dict[str, _State] = {}
+            by_index: dict[int, GpuRef] = {}
+            for g in refs:
+                if g.index in by_index:
+                    raise ValueError(f"GPU index {g.index} is listed twice")
+                by_index[g.index] = g
+                gpu_state = old.get(g.uuid) or _State(g.uuid, g.index, g.uuid, None)
+                gpu_state.gpu = g.index
+                states[g.uuid] = gpu_state
+                for m in g.mig_devices:
+                    st = old.get(m.uuid)
+                    if st is None:
+                        st = _State(m.uuid, g.index, g.uuid, m)
+                        if not gpu_state.healthy:
+                            st.copy_health_from(gpu_state)
+                    st.mig = m
+                    st.gpu = g.index
+                    states[m.uuid] = st
+            self._gpus = by_index
+            self._states = states
+
+    # ---- queries ------------------------------------------------------------------------
+
+    def status(self, device_id: str) -> DeviceStatus:
+        """The health of one device (GPU or MIG UUID); ``KeyError`` for an unknown one."""
+        with self._lock:
+            st = self._states.get(device_id)
+            if st is None:
+                raise KeyError(f"no device {device_id!r} in the health monitor's inventory")
+            return st.status(st.gpu not in self._unmonitored)
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        """Every device's :class:`DeviceStatus`, as dictionaries keyed by device id."""
+        with self._lock:
+            return {
+                d: st.status(st.gpu not in self._unmonitored).to_dict()
+                for d, st in self._states.items()
+            }
+
+    @property
+    def watching(self) -> bool:
+        """Whether NVML event waits currently work (False after ``wait_failure_threshold``
+        failures in a row, until a wait succeeds)."""
+        with self._lock:
+            return not self._blind
+
+    @property
+    def last_wait_error(self) -> str | None:
+        with self._lock:
+            return self._last_wait_error
+
+    # ---- the state machine --------------------------------------------------------------
+
+    def _now(self, now: float | None) -> float:
+        return self.clock() if now is None else now
+
+    def _emit(self, changes: list[HealthChange]) -> None:
+        if self._on_change is None:
+            return
+        for c in changes:
+            try:
+                self._on_change(c.device_id, c.healthy, c.reason)
+            except Exception:
+                log.exception("health on_change callback failed for %s", c.device_id)
+
+    def _mark(
+        self,
+        st: _State,
+        klass: HealthClass,
+        reason: str,
+        now: float,
+        *,
+        xid: int | None = None,
+        lost: bool = False,
+        out: list[HealthChange],
+    ) -> None:
+        if klass == "ignore":
+            return
+        if st.healthy:
+            st.healthy = False
+            st.klass = klass
+            st.reason = reason
+            st.since = now
+            st.xid = xid
+            st.lost = lost
+            st.reset = False
+            st.ok_since = None
+            out.append(HealthChange(st.device_id, False, reason))
+            log.warning("%s is unhealthy (%s): %s", st.device_id, klass, reason)
+            return
+        eff = st.effective()
+        if eff is None or _SEVERITY[klass] > _SEVERITY[eff]:
+            st.klass = klass
+            st.reason = reason
+            st.xid = xid
+            st.reset = False
+        st.lost = st.lost or lost
+        st.ok_since = None
+
+    def _targets(self, event: EventLike) -> list[_State]:
+        gpu_index = event.gpu
+        if gpu_index is None and event.uuid is not None:
+            gpu_index = next((g.index for g in self._gpus.values() if g.uuid == event.uuid), None)
+        if gpu_index is None:
+            # NVML named a device nobody can place: like NVIDIA, every device.
+            return list(self._states.values())
+        g = self._gpus.get(gpu_index)
+        if g is None:
+            return []
+        whole = [self._states[g.uuid], *(self._states[m.uuid] for m in g.mig_devices)]
+        gi, ci = event.gpu_instance_id, event.compute_instance_id
+        if gi is None:
+            return whole
+        migs = [
+            self._states[m.uuid]
+            for m in g.mig_devices
+            if m.gpu_instance_id == gi and (ci is None or m.compute_instance_id == ci)
+        ]
+        # An instance gpulet does not know (just created, say): the whole GPU, to be safe.
+        return migs or whole
+
+    def handle(self, event: EventLike, now: float | None = None) -> list[HealthChange]:
+        """Apply one event; returns (and reports to ``on_change``) the transitions."""
+        t = self._now(now)
+        out: list[HealthChange] = []
+        if event.kind == "mig-config-change":
+            if self._on_mig_change is not None and event.uuid is not None:
+                try:
+                    self._on_mig_change(event.uuid)
+                except Exception:
+                    log.exception("health on_mig_change callback failed")
+            return out
+        klass, reason = classify_event(event, self.policy)
+        if klass == "ignore":
+            log.info("ignoring %s on GPU %s (%s)", reason, event.gpu, event.uuid)
+            return out
+        xid = event.data if event.kind == "xid" else None
+        lost = event.kind == "gpu-lost" or xid == 79
+        with self._lock:
+            for st in self._targets(event):
+                self._mark(st, klass, reason, t, xid=xid, lost=lost, out=out)
+        self._emit(out)
+        return out
+
+    def wait_failed(
+        self, error: BaseException | str, now: float | None = None
+    ) -> list[HealthChange]:
+        """Record a failed event wait (see the class docs for the retry policy)."""
+        t = self._now(now)
+        out: list[HealthChange] = []
+        with self._lock:
+            self._wait_failures += 1
+            self._last_wait_error = str(error)
+            log.warning("NVML event wait failed (%d in a row): %s", self._wait_failures, error)
+            if self._wait_failures >= self.wait_failure_threshold and not self._blind:
+                self._blind = True
+                klass = _unhealthy_class(self.policy)
+                reason = f"NVML event wait failing: {error}"
+                if not self.policy.disabled:
+                    for st in self._states.values():
+                        self._mark(st, klass, reason, t, out=out)
+        self._emit(out)
+        return out
+
+    def wait_ok(self, now: float | None = None) -> None:
+        """Record a working event wait (events or a timeout): watching again."""
+        del now
+        with self._lock:
+            if self._blind:
+                log.info("NVML event waits work again")
+            self._wait_failures = 0
+            self._blind = False
+
+    def mark_reset(self, device_id: str, now: float | None = None) -> list[HealthChange]:
+        """An operator says the device was reset: a ``reset-required`` or ``permanent`` device
+        now recovers like a ``recoverable`` one (healthy once its probes pass for the recovery
+        period). A GPU's UUID covers its MIG devices too. ``KeyError`` for an unknown device."""
+        del now
+        with self._lock:
+            st = self._states.get(device_id)
+            if st is None:
+                raise KeyError(f"no device {device_id!r} in the health monitor's inventory")
+            targets = [st]
+            if st.mig is None:
+                g = self._gpus[st.gpu]
+                targets += [self._states[m.uuid] for m in g.mig_devices]
+            for s in targets:
+                if not s.healthy:
+                    s.reset = True
+                    s.lost = False
+                    s.ok_since = None
+            # Probe at the next step, whatever the interval.
+            self._next_probe = None
+        log.info("%s marked as reset", device_id)
+        return []
+
+    def _probe_all(self) -> dict[int, NvmlError | None]:
+        with self._lock:
+            indices = sorted(self._gpus)
+        results: dict[int, NvmlError | None] = {}
+        for i in indices:
+            try:
+                self._probe(i)
+            except NvmlError as e:
+                results[i] = e
+            else:
+                results[i] = None
+        return results
+
+    def step(self, now: float | None = None) -> list[HealthChange]:
+        """Probe every GPU when a probe is due (every ``probe_interval``) and apply the
+        results: recovery, and GPUs found lost. Returns the transitions."""
+        t = self._now(now)
+        if self.policy.disabled:
+            return []
+        with self._lock:
+            if self._next_probe is not None and t < self._next_probe:
+                return []
+            self._next_probe = t + self.probe_interval
+        results = self._probe_all()
+        out: list[HealthChange] = []
+        with self._lock:
+            for st in self._states.values():
+                if st.gpu in results:
+                    self._apply_probe(st, results[st.gpu], t, out)
+        self._emit(out)
+        return out
+
+    def _apply_probe(
+        self, st: _State, error: NvmlError | None, now: float, out: list[HealthChange]
+    ) -> None:
+        if error is not None:
+            if error.code == GPU_IS_LOST:
+                if st.healthy:
+                    self._mark(
+                        st, _lost_class(self.policy), f"GPU fell off the bus: {error}", now,
+                        lost=True, out=out,
+                    )  # fmt: skip
+                else:
+                    st.lost = True
+                    st.ok_since = None
+            elif not st.healthy:
+                st.ok_since = None
+            else:
+                log.info("probe of GPU %d failed: %s", st.gpu, error)
+            return
+        if st.healthy:
+            return
+        eff = st.effective()
+        if eff == "reset-required" and st.lost:
+            # It was gone and answers again: the GPU was reset (or re-attached).
+            st.reset = True
+            st.lost = False
+            st.ok_since = None
+            eff = "recoverable"
+            log.info("%s answers again after being lost: counted as a reset", st.device_id)
+        if eff != "recoverable" or self._blind:
+            st.ok_since = None
+            return
+        if st.ok_since is None:
+            st.ok_since = now
+        if now - st.ok_since >= self.recovery_period:
+            reason = st.reason
+            st.healthy = True
+            st.reason = ""
+            st.klass = None
+            st.since = None
+            st.xid = None
+            st.lost = False
+            st.reset = False
+            st.ok_since = None
+            out.append(HealthChange(st.device_id, True, f"recovered from {reason}"))
+            log.warning("%s is healthy again (was: %s)", st.device_id, reason)
+
+    def update_registrations(self, registrations: Iterable[_RegistrationLike]) -> None:
+        """Record which GPUs the watcher delivers events for (``monitored``)."""
+        with self._lock:
+            self._unmonitored = {r.gpu for r in registrations if r.status != "registered"}
+
+    # ---- the thread ---------------------------------------------------------------------
+
+    def _make_watcher(self, now: float) -> WatcherLike | None:
+        with self._lock:
+            if self._next_watcher_attempt is not None and now < self._next_watcher_attempt:
+                return None
+            self._next_watcher_attempt = now + self.probe_interval
+        try:
+            w = self._watcher_factory()
+        except NvmlError as e:
+            self.wait_failed(f"cannot create the NVML event watcher: {e}", now)
+            return None
+        self.update_registrations(w.registrations())
+        return w
+
+    def start(self) -> None:
+        """Create the event watcher and start the monitor thread (no-op when health checks are
+        disabled, or when already started)."""
+        if self.policy.disabled or self._thread is not None:
+            return
+        self._stop.clear()
+        self._watcher = self._make_watcher(self.clock())
+        self._thread = threading.Thread(target=self._run, name="gpulet-health", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread (returns within about ``wait_timeout``) and close the watcher."""
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout=self.wait_timeout + 5.0)
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.close()
+
+    def __enter__(self) -> HealthMonitor:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        timeout_ms = max(1, round(self.wait_timeout * 1000))
+        while not self._stop.is_set():
+            try:
+                self._round(timeout_ms)
+            except Exception:
+                log.exception("health monitor round failed")
+                self._stop.wait(self.wait_timeout)
+
+    def _round(self, timeout_ms: int) -> None:
+        watcher = self._watcher
+        if watcher is None:
+            watcher = self._watcher = self._make_watcher(self.clock())
+        if watcher is None:
+            self._stop.wait(self.wait_timeout)
+        else:
+            try:
+                events = watcher.wait(timeout_ms)
+            except NvmlError as e:
+                now = self.clock()
+                self.wait_failed(e, now)
+                if self._wait_failures >= self.wait_failure_threshold:
+                    # Start afresh with a new event set (at most every probe_interval).
+                    fresh = self._make_watcher(now)
+                    if fresh is not None and fresh is not watcher:
+                        self._watcher = fresh
+                        watcher.close()
+                # A failing wait may return at once: do not spin.
+                self._stop.wait(min(self.wait_timeout, 1.0))
+            else:
+                now = self.clock()
+                self.wait_ok(now)
+                for event in events:
+                    self.handle(event, now)
+                self.update_registrations(watcher.registrations())
+        self.step(self.clock())
