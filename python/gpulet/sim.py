@@ -17,12 +17,14 @@ through ``ctypes``.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import ctypes
 import json
 import os
 import pathlib
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,6 +41,7 @@ __all__ = [
     "Simulation",
     "SpecError",
     "default_state_path",
+    "main",
     "fake_library_path",
     "shipped_specs",
     "simulated",
@@ -417,3 +420,78 @@ def simulated(
                 os.environ[name] = value
         if temp_dir is not None:
             shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _control_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m gpulet.sim",
+        description="Drive a running simulated node from outside its processes.",
+    )
+    p.add_argument("--spec", required=True, help="the node spec (shipped name or path)")
+    p.add_argument(
+        "--state",
+        help="the node's state file (default: $GPULET_FAKE_NVML_STATE, else the spec's default)",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    x = sub.add_parser("inject-xid", help="deliver an XID event on a GPU")
+    x.add_argument("--gpu", type=int, required=True)
+    x.add_argument("--xid", type=int, required=True)
+    x.add_argument("--gpu-instance", type=int)
+    x.add_argument("--compute-instance", type=int)
+    for name, text in (
+        ("fall-off-bus", "make a GPU fall off the bus"),
+        ("restore-gpu", "bring a lost GPU back"),
+    ):
+        s = sub.add_parser(name, help=text)
+        s.add_argument("--gpu", type=int, required=True)
+    f = sub.add_parser("fail", help="make an NVML call return an error code")
+    f.add_argument("--call", required=True)
+    f.add_argument("--code", type=int, required=True)
+    f.add_argument("--gpu", type=int)
+    f.add_argument("--times", type=int)
+    d = sub.add_parser("delay", help="make an NVML call take longer")
+    d.add_argument("--call", required=True)
+    d.add_argument("--seconds", type=float, required=True)
+    d.add_argument("--gpu", type=int)
+    m = sub.add_parser("set-metric", help="set a metric value on a GPU")
+    m.add_argument("--gpu", type=int, required=True)
+    m.add_argument("--name", required=True)
+    m.add_argument("--value", type=int, required=True)
+    sub.add_parser("clear-faults", help="clear every injected fault, bring lost GPUs back")
+    sub.add_parser("reset", help="reset the node to its spec's initial state")
+    sub.add_parser("state", help="print the shared state as JSON")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m gpulet.sim --spec S [--state F] COMMAND ...``: one control command."""
+    args = _control_parser().parse_args(argv)
+    try:
+        ctl = FakeNvml(args.spec, args.state or os.environ.get(ENV_STATE) or None)
+        cmd = args.command
+        if cmd == "inject-xid":
+            ctl.inject_xid(args.gpu, args.xid, args.gpu_instance, args.compute_instance)
+        elif cmd == "fall-off-bus":
+            ctl.fall_off_bus(args.gpu)
+        elif cmd == "restore-gpu":
+            ctl.restore_gpu(args.gpu)
+        elif cmd == "fail":
+            ctl.fail(args.call, args.code, args.gpu, args.times)
+        elif cmd == "delay":
+            ctl.delay(args.call, args.seconds, args.gpu)
+        elif cmd == "set-metric":
+            ctl.set_metric(args.gpu, args.name, args.value)
+        elif cmd == "clear-faults":
+            ctl.clear_faults()
+        elif cmd == "reset":
+            ctl.reset()
+        else:
+            print(json.dumps(ctl.state(), indent=2, sort_keys=True))
+    except (SpecError, FakeNvmlError, FakeLibraryNotFoundError) as e:
+        print(f"gpulet.sim: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
