@@ -116,7 +116,9 @@ impl MigGeometry {
     }
 
     pub fn profile_by_nvml_enum(&self, nvml_profile: u32) -> Option<&'static MigProfile> {
-        self.profiles.iter().find(|p| p.nvml_profile == nvml_profile)
+        self.profiles
+            .iter()
+            .find(|p| p.nvml_profile == nvml_profile)
     }
 }
 
@@ -202,71 +204,382 @@ const P_0: &[u32] = &[0];
 /// The seven-profile table shared by A100-80GB, H100, H200, B200 and GB200 (names and sizes
 /// differ). Engines are (copy, decoder, jpeg, ofa) per the H100 `-lgip` table.
 #[allow(clippy::too_many_arguments)]
-const fn hopper_like(
-    names: [&'static str; 7],
-    mib: [u64; 7],
-    sms: [u32; 7],
-) -> [MigProfile; 7] {
+const fn hopper_like(names: [&'static str; 7], mib: [u64; 7], sms: [u32; 7]) -> [MigProfile; 7] {
     [
-        p(names[0], 19, np::SLICE_1, 1, 1, mib[0], sms[0], (1, 1, 1, 0), 7, P_1),
-        p(names[1], 20, np::SLICE_1_REV1, 1, 1, mib[1], sms[1], (1, 1, 1, 1), 1, P_1),
-        p(names[2], 15, np::SLICE_1_REV2, 1, 2, mib[2], sms[2], (1, 1, 1, 0), 4, P_2),
-        p(names[3], 14, np::SLICE_2, 2, 2, mib[3], sms[3], (2, 2, 2, 0), 3, P_2G),
-        p(names[4], 9, np::SLICE_3, 3, 4, mib[4], sms[4], (3, 3, 3, 0), 2, P_3G),
-        p(names[5], 5, np::SLICE_4, 4, 4, mib[5], sms[5], (4, 4, 4, 0), 1, P_0),
-        p(names[6], 0, np::SLICE_7, 7, 8, mib[6], sms[6], (8, 7, 7, 1), 1, &[0]),
+        p(
+            names[0],
+            19,
+            np::SLICE_1,
+            1,
+            1,
+            mib[0],
+            sms[0],
+            (1, 1, 1, 0),
+            7,
+            P_1,
+        ),
+        p(
+            names[1],
+            20,
+            np::SLICE_1_REV1,
+            1,
+            1,
+            mib[1],
+            sms[1],
+            (1, 1, 1, 1),
+            1,
+            P_1,
+        ),
+        p(
+            names[2],
+            15,
+            np::SLICE_1_REV2,
+            1,
+            2,
+            mib[2],
+            sms[2],
+            (1, 1, 1, 0),
+            4,
+            P_2,
+        ),
+        p(
+            names[3],
+            14,
+            np::SLICE_2,
+            2,
+            2,
+            mib[3],
+            sms[3],
+            (2, 2, 2, 0),
+            3,
+            P_2G,
+        ),
+        p(
+            names[4],
+            9,
+            np::SLICE_3,
+            3,
+            4,
+            mib[4],
+            sms[4],
+            (3, 3, 3, 0),
+            2,
+            P_3G,
+        ),
+        p(
+            names[5],
+            5,
+            np::SLICE_4,
+            4,
+            4,
+            mib[5],
+            sms[5],
+            (4, 4, 4, 0),
+            1,
+            P_0,
+        ),
+        p(
+            names[6],
+            0,
+            np::SLICE_7,
+            7,
+            8,
+            mib[6],
+            sms[6],
+            (8, 7, 7, 1),
+            1,
+            &[0],
+        ),
     ]
 }
 
 const fn geometry(profiles: &'static [MigProfile]) -> MigGeometry {
-    MigGeometry { compute_slices: 7, memory_slices: 8, max_instances: 7, profiles }
+    MigGeometry {
+        compute_slices: 7,
+        memory_slices: 8,
+        max_instances: 7,
+        profiles,
+    }
 }
 
 static A30_PROFILES: [MigProfile; 5] = [
-    p("1g.6gb", 14, np::SLICE_1, 1, 1, 5952, 14, (1, 0, 0, 0), 4, &[0, 1, 2, 3]),
-    p("1g.6gb+me", 21, np::SLICE_1_REV1, 1, 1, 5952, 14, (1, 1, 1, 1), 1, &[0, 1, 2, 3]),
-    p("2g.12gb", 5, np::SLICE_2, 2, 2, 12096, 28, (2, 2, 0, 0), 2, &[0, 2]),
-    p("2g.12gb+me", 6, np::SLICE_2_REV1, 2, 2, 12096, 28, (2, 2, 1, 1), 1, &[0, 2]),
-    p("4g.24gb", 0, np::SLICE_4, 4, 4, 24256, 56, (4, 4, 1, 1), 1, &[0]),
+    p(
+        "1g.6gb",
+        14,
+        np::SLICE_1,
+        1,
+        1,
+        5952,
+        14,
+        (1, 0, 0, 0),
+        4,
+        &[0, 1, 2, 3],
+    ),
+    p(
+        "1g.6gb+me",
+        21,
+        np::SLICE_1_REV1,
+        1,
+        1,
+        5952,
+        14,
+        (1, 1, 1, 1),
+        1,
+        &[0, 1, 2, 3],
+    ),
+    p(
+        "2g.12gb",
+        5,
+        np::SLICE_2,
+        2,
+        2,
+        12096,
+        28,
+        (2, 2, 0, 0),
+        2,
+        &[0, 2],
+    ),
+    p(
+        "2g.12gb+me",
+        6,
+        np::SLICE_2_REV1,
+        2,
+        2,
+        12096,
+        28,
+        (2, 2, 1, 1),
+        1,
+        &[0, 2],
+    ),
+    p(
+        "4g.24gb",
+        0,
+        np::SLICE_4,
+        4,
+        4,
+        24256,
+        56,
+        (4, 4, 1, 1),
+        1,
+        &[0],
+    ),
 ];
 
 static A100_40_PROFILES: [MigProfile; 7] = [
-    p("1g.5gb", 19, np::SLICE_1, 1, 1, 4864, 14, (1, 0, 0, 0), 7, P_1),
-    p("1g.5gb+me", 20, np::SLICE_1_REV1, 1, 1, 4864, 14, (1, 1, 1, 1), 1, P_1),
-    p("1g.10gb", 15, np::SLICE_1_REV2, 1, 2, 9856, 14, (1, 1, 0, 0), 4, P_2),
-    p("2g.10gb", 14, np::SLICE_2, 2, 2, 9984, 28, (2, 1, 0, 0), 3, P_2G),
-    p("3g.20gb", 9, np::SLICE_3, 3, 4, 20096, 42, (3, 2, 0, 0), 2, P_3G),
-    p("4g.20gb", 5, np::SLICE_4, 4, 4, 20096, 56, (4, 2, 0, 0), 1, P_0),
-    p("7g.40gb", 0, np::SLICE_7, 7, 8, 40448, 98, (7, 5, 1, 1), 1, &[0]),
+    p(
+        "1g.5gb",
+        19,
+        np::SLICE_1,
+        1,
+        1,
+        4864,
+        14,
+        (1, 0, 0, 0),
+        7,
+        P_1,
+    ),
+    p(
+        "1g.5gb+me",
+        20,
+        np::SLICE_1_REV1,
+        1,
+        1,
+        4864,
+        14,
+        (1, 1, 1, 1),
+        1,
+        P_1,
+    ),
+    p(
+        "1g.10gb",
+        15,
+        np::SLICE_1_REV2,
+        1,
+        2,
+        9856,
+        14,
+        (1, 1, 0, 0),
+        4,
+        P_2,
+    ),
+    p(
+        "2g.10gb",
+        14,
+        np::SLICE_2,
+        2,
+        2,
+        9984,
+        28,
+        (2, 1, 0, 0),
+        3,
+        P_2G,
+    ),
+    p(
+        "3g.20gb",
+        9,
+        np::SLICE_3,
+        3,
+        4,
+        20096,
+        42,
+        (3, 2, 0, 0),
+        2,
+        P_3G,
+    ),
+    p(
+        "4g.20gb",
+        5,
+        np::SLICE_4,
+        4,
+        4,
+        20096,
+        56,
+        (4, 2, 0, 0),
+        1,
+        P_0,
+    ),
+    p(
+        "7g.40gb",
+        0,
+        np::SLICE_7,
+        7,
+        8,
+        40448,
+        98,
+        (7, 5, 1, 1),
+        1,
+        &[0],
+    ),
 ];
 
 static A100_80_PROFILES: [MigProfile; 7] = [
-    p("1g.10gb", 19, np::SLICE_1, 1, 1, 9728, 14, (1, 0, 0, 0), 7, P_1),
-    p("1g.10gb+me", 20, np::SLICE_1_REV1, 1, 1, 9728, 14, (1, 1, 1, 1), 1, P_1),
-    p("1g.20gb", 15, np::SLICE_1_REV2, 1, 2, 19968, 14, (1, 1, 0, 0), 4, P_2),
-    p("2g.20gb", 14, np::SLICE_2, 2, 2, 19968, 28, (2, 1, 0, 0), 3, P_2G),
-    p("3g.40gb", 9, np::SLICE_3, 3, 4, 40192, 42, (3, 2, 0, 0), 2, P_3G),
-    p("4g.40gb", 5, np::SLICE_4, 4, 4, 40192, 56, (4, 2, 0, 0), 1, P_0),
-    p("7g.80gb", 0, np::SLICE_7, 7, 8, 80640, 98, (7, 5, 1, 1), 1, &[0]),
+    p(
+        "1g.10gb",
+        19,
+        np::SLICE_1,
+        1,
+        1,
+        9728,
+        14,
+        (1, 0, 0, 0),
+        7,
+        P_1,
+    ),
+    p(
+        "1g.10gb+me",
+        20,
+        np::SLICE_1_REV1,
+        1,
+        1,
+        9728,
+        14,
+        (1, 1, 1, 1),
+        1,
+        P_1,
+    ),
+    p(
+        "1g.20gb",
+        15,
+        np::SLICE_1_REV2,
+        1,
+        2,
+        19968,
+        14,
+        (1, 1, 0, 0),
+        4,
+        P_2,
+    ),
+    p(
+        "2g.20gb",
+        14,
+        np::SLICE_2,
+        2,
+        2,
+        19968,
+        28,
+        (2, 1, 0, 0),
+        3,
+        P_2G,
+    ),
+    p(
+        "3g.40gb",
+        9,
+        np::SLICE_3,
+        3,
+        4,
+        40192,
+        42,
+        (3, 2, 0, 0),
+        2,
+        P_3G,
+    ),
+    p(
+        "4g.40gb",
+        5,
+        np::SLICE_4,
+        4,
+        4,
+        40192,
+        56,
+        (4, 2, 0, 0),
+        1,
+        P_0,
+    ),
+    p(
+        "7g.80gb",
+        0,
+        np::SLICE_7,
+        7,
+        8,
+        80640,
+        98,
+        (7, 5, 1, 1),
+        1,
+        &[0],
+    ),
 ];
 
 const HOPPER_SMS: [u32; 7] = [16, 16, 26, 32, 60, 64, 132];
 
 static H100_80_PROFILES: [MigProfile; 7] = hopper_like(
-    ["1g.10gb", "1g.10gb+me", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb"],
+    [
+        "1g.10gb",
+        "1g.10gb+me",
+        "1g.20gb",
+        "2g.20gb",
+        "3g.40gb",
+        "4g.40gb",
+        "7g.80gb",
+    ],
     [9984, 9984, 20096, 20096, 40448, 40448, 81152],
     HOPPER_SMS,
 );
 
 static H100_NVL_PROFILES: [MigProfile; 7] = hopper_like(
-    ["1g.12gb", "1g.12gb+me", "1g.24gb", "2g.24gb", "3g.47gb", "4g.47gb", "7g.94gb"],
+    [
+        "1g.12gb",
+        "1g.12gb+me",
+        "1g.24gb",
+        "2g.24gb",
+        "3g.47gb",
+        "4g.47gb",
+        "7g.94gb",
+    ],
     [12032, 12032, 24320, 24320, 47872, 47872, 95488],
     HOPPER_SMS,
 );
 
 // H200 MiB figures are estimates scaled from H100 (no -lgip transcript in the references).
 static H200_PROFILES: [MigProfile; 7] = hopper_like(
-    ["1g.18gb", "1g.18gb+me", "1g.35gb", "2g.35gb", "3g.71gb", "4g.71gb", "7g.141gb"],
+    [
+        "1g.18gb",
+        "1g.18gb+me",
+        "1g.35gb",
+        "2g.35gb",
+        "3g.71gb",
+        "4g.71gb",
+        "7g.141gb",
+    ],
     [16896, 16896, 33792, 33792, 69376, 69376, 139520],
     HOPPER_SMS,
 );
@@ -275,13 +588,29 @@ static H200_PROFILES: [MigProfile; 7] = hopper_like(
 const BLACKWELL_SMS: [u32; 7] = [18, 18, 18, 36, 54, 72, 148];
 
 static B200_PROFILES: [MigProfile; 7] = hopper_like(
-    ["1g.23gb", "1g.23gb+me", "1g.45gb", "2g.45gb", "3g.90gb", "4g.90gb", "7g.180gb"],
+    [
+        "1g.23gb",
+        "1g.23gb+me",
+        "1g.45gb",
+        "2g.45gb",
+        "3g.90gb",
+        "4g.90gb",
+        "7g.180gb",
+    ],
     [22528, 22528, 45056, 45056, 90112, 90112, 180224],
     BLACKWELL_SMS,
 );
 
 static GB200_PROFILES: [MigProfile; 7] = hopper_like(
-    ["1g.23gb", "1g.23gb+me", "1g.47gb", "2g.47gb", "3g.93gb", "4g.93gb", "7g.186gb"],
+    [
+        "1g.23gb",
+        "1g.23gb+me",
+        "1g.47gb",
+        "2g.47gb",
+        "3g.93gb",
+        "4g.93gb",
+        "7g.186gb",
+    ],
     [23296, 23296, 47104, 47104, 94208, 94208, 186368],
     BLACKWELL_SMS,
 );
@@ -504,7 +833,11 @@ pub fn lookup(model: &str) -> Option<&'static GpuModel> {
     let hex = wanted.trim_start_matches("0x");
     if (hex.len() == 4 || hex.len() == 8) && hex.chars().all(|c| c.is_ascii_hexdigit()) {
         let v = u32::from_str_radix(hex, 16).ok()?;
-        let id = if hex.len() == 4 { (v << 16) | 0x10DE } else { v };
+        let id = if hex.len() == 4 {
+            (v << 16) | 0x10DE
+        } else {
+            v
+        };
         return MODELS.iter().find(|m| m.pci_device_id == id);
     }
     None
@@ -536,11 +869,21 @@ mod tests {
             let Some(g) = m.mig else { continue };
             let mut ids = std::collections::HashSet::new();
             for p in g.profiles {
-                assert!(ids.insert(p.profile_id), "{}: duplicate id {}", m.key, p.profile_id);
+                assert!(
+                    ids.insert(p.profile_id),
+                    "{}: duplicate id {}",
+                    m.key,
+                    p.profile_id
+                );
                 assert!(p.compute_slices <= g.compute_slices);
                 assert!(p.max_instances as usize <= p.placements.len() || p.max_instances == 1);
                 for s in p.placements {
-                    assert!(s + p.memory_slices <= g.memory_slices, "{} {}", m.key, p.name);
+                    assert!(
+                        s + p.memory_slices <= g.memory_slices,
+                        "{} {}",
+                        m.key,
+                        p.name
+                    );
                     assert_eq!(s % p.memory_slices, 0, "{} {} misaligned", m.key, p.name);
                 }
                 assert!(p.memory_mib <= m.memory_mib);

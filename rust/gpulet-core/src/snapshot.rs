@@ -21,7 +21,11 @@ pub struct Envelope {
 
 /// Wrap a body in the current envelope.
 pub fn encode(body: serde_json::Value) -> Vec<u8> {
-    let env = Envelope { schema: SCHEMA_NAME.to_string(), version: SCHEMA_VERSION, body };
+    let env = Envelope {
+        schema: SCHEMA_NAME.to_string(),
+        version: SCHEMA_VERSION,
+        body,
+    };
     serde_json::to_vec(&env).expect("a JSON value always serialises")
 }
 
@@ -60,7 +64,10 @@ mod tests {
     #[test]
     fn refuses_newer_and_foreign() {
         let newer = br#"{"schema":"gpulet.ledger","version":99,"body":{}}"#;
-        assert!(decode(newer).unwrap_err().to_string().contains("version 99"));
+        assert!(decode(newer)
+            .unwrap_err()
+            .to_string()
+            .contains("version 99"));
         let foreign = br#"{"schema":"other","version":1,"body":{}}"#;
         assert!(decode(foreign).is_err());
         assert!(decode(b"{half").is_err());

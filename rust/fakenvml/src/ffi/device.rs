@@ -121,7 +121,7 @@ fn running_processes(call: &Call, dev: &DevRef) -> Result<Vec<Process>, Ret> {
         Some((gi, ci)) => gs
             .processes
             .iter()
-            .filter(|p| p.gpu_instance == Some(gi) && p.compute_instance.map_or(true, |c| c == ci))
+            .filter(|p| p.gpu_instance == Some(gi) && p.compute_instance.is_none_or(|c| c == ci))
             .cloned()
             .collect(),
     })
