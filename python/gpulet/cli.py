@@ -2,24 +2,37 @@
 
 Subcommands so far:
 
+- ``gpulet run [--config FILE] [--node-name NAME] [--kubelet-root DIR] [--metrics-port 9400]
+  [--cdi-root DIR]``: the agent: the kubelet device plugin for this node's GPUs.
+- ``gpulet simulate --spec NAME|FILE [--root DIR] [--config FILE] [--metrics-port N]``: the
+  whole agent on a simulated node, kubelet directories under DIR; ``--print [--json]`` prints
+  the simulated node instead.
 - ``gpulet discover [--json] [--library PATH]``: what NVML reports about this node.
-- ``gpulet simulate --spec NAME|FILE [--print] [--json]``: the same for a simulated node.
 
-Exit codes: 0 success, 1 an NVML call failed, 2 bad input, no NVML library, or (simulate) the
-fake NVML not built.
+Exit codes: 0 success (the agent: stopped by SIGTERM or SIGINT), 1 an NVML call failed (the
+agent: NVML failed to start under ``failOnInitError``, or the node cannot be advertised), 2 bad
+input, no NVML library, or (simulate) the fake NVML not built.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import dataclasses
 import json
+import logging
+import os
+import pathlib
+import signal
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
+from gpulet import config as gconfig
 from gpulet import sim
 from gpulet._core import Gpu, MigProfileInfo, Node, discover, mig_profiles
-from gpulet.errors import NvmlError, NvmlLibraryNotFound, SpecError
+from gpulet.errors import GpuletError, NvmlError, NvmlLibraryNotFound, SpecError
 
 __all__ = ["main", "render_json", "render_text"]
 
@@ -262,15 +275,117 @@ def _cmd_discover(args: argparse.Namespace) -> int:
     return 0
 
 
+def _setup_logging() -> None:
+    logging.basicConfig(
+        level=os.environ.get("GPULET_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _load_config(
+    args: argparse.Namespace, extra: Mapping[str, object] | None = None
+) -> gconfig.Config:
+    flags: dict[str, object] = {
+        "kubelet-root": args.kubelet_root,
+        "node-name": getattr(args, "node_name", None),
+        "metrics-port": args.metrics_port,
+    }
+    flags.update(extra or {})
+    return gconfig.load(args.config, flags=flags)
+
+
+def _serve(cfg: gconfig.Config, options: Any) -> int:
+    """Run the agent until SIGTERM or SIGINT; SIGHUP restarts its servers."""
+    from gpulet.agent import Agent
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        agent = Agent(cfg, options)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+
+        restarts: set[asyncio.Task[None]] = set()
+
+        def hangup() -> None:
+            if agent.readiness.ready:
+                task = loop.create_task(agent.restart_plugins())
+                restarts.add(task)
+                task.add_done_callback(restarts.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, hangup)
+        await agent.run(stop)
+
+    asyncio.run(main())
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from gpulet.agent import AgentOptions
+
+    _setup_logging()
+    cfg = _load_config(args)
+    options = AgentOptions.from_config(cfg, cdi_root=args.cdi_root)
+    return _serve(cfg, options)
+
+
+#: What ``gpulet simulate`` shows a container when no config file says otherwise: every
+#: device-list output at once (NVIDIA's defaults are ``envvar`` only, without device specs).
+SIMULATION_DEFAULTS: Mapping[str, object] = {
+    "device-list-strategy": "envvar,cdi-cri",
+    "pass-device-specs": True,
+}
+
+
+def _simulated_dev_root(root: pathlib.Path, gpus: int) -> pathlib.Path:
+    """Stand-in device nodes (empty files) for the simulated GPUs under ROOT/dev-root."""
+    dev = root / "dev-root" / "dev"
+    dev.mkdir(parents=True, exist_ok=True)
+    names = ["nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", *[f"nvidia{i}" for i in range(gpus)]]
+    for name in names:
+        (dev / name).touch()
+    return dev.parent
+
+
 def _cmd_simulate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     spec: str = args.spec
     try:
         sim.spec_path(spec)
     except SpecError as e:
         parser.error(f"argument --spec: {e}")
-    with sim.simulated(spec):
-        _show(discover(), None, args.json, f"Simulated node {spec}")
-    return 0
+    if args.print:
+        with sim.simulated(spec):
+            _show(discover(), None, args.json, f"Simulated node {spec}")
+        return 0
+
+    from gpulet.agent import AgentOptions
+
+    _setup_logging()
+    root = pathlib.Path(args.root or tempfile.mkdtemp(prefix="gpulet-sim-", dir="/tmp"))
+    root.mkdir(parents=True, exist_ok=True)
+    args.kubelet_root = os.fspath(root.resolve())
+    has_file = bool(args.config) or any(
+        os.environ.get(e) for e in ("CONFIG_FILE", "GFD_CONFIG_FILE")
+    )
+    extra = {
+        k: v
+        for k, v in SIMULATION_DEFAULTS.items()
+        if not has_file and not os.environ.get(k.upper().replace("-", "_"))
+    }
+    state = os.environ.get(sim.ENV_STATE) or None
+    with sim.simulated(spec, state_path=state):
+        cfg = _load_config(args, extra)
+        if cfg.flags.nvidia_dev_root == "/":
+            dev_root = _simulated_dev_root(root, len(discover().gpus))
+            cfg = dataclasses.replace(
+                cfg, flags=dataclasses.replace(cfg.flags, nvidia_dev_root=os.fspath(dev_root))
+            )
+        logging.getLogger("gpulet").info(
+            "simulating %s; kubelet root %s", sim.spec_path(spec).stem, root
+        )
+        options = AgentOptions.from_config(cfg, cdi_root=root / "cdi")
+        return _serve(cfg, options)
 
 
 def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
@@ -292,13 +407,40 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         help="the NVML library to load (default: $GPULET_NVML_LIB, else libnvidia-ml.so.1)",
     )
 
+    r = sub.add_parser(
+        "run",
+        help="run the agent: the kubelet device plugin for this node's GPUs",
+        description=(
+            "Run the agent: one device-plugin server per resource in the kubelet's "
+            "device-plugins directory, registered with the kubelet (again whenever it restarts), "
+            "until SIGTERM or SIGINT. SIGHUP restarts the servers."
+        ),
+    )
+    _agent_arguments(r)
+    r.add_argument("--node-name", metavar="NAME", help="this node's name (default: $NODE_NAME)")
+    r.add_argument(
+        "--kubelet-root",
+        metavar="DIR",
+        help="the kubelet's root directory (default: $GPULET_KUBELET_ROOT, else /var/lib/kubelet)",
+    )
+    r.add_argument(
+        "--cdi-root",
+        metavar="DIR",
+        default="/var/run/cdi",
+        help="where the CDI spec for the node's GPUs is written (default: /var/run/cdi)",
+    )
+
     s = sub.add_parser(
         "simulate",
-        help="a simulated GPU node from a node spec",
+        help="the whole agent on a simulated GPU node from a node spec",
         description=(
-            "Load the fake NVML with a node spec and print the simulated node (GPUs, topology "
-            "matrix, MIG capability). Printing is the only mode so far: running the whole agent "
-            "on the simulated node comes with the agent."
+            "Load the fake NVML with a node spec and run the whole agent on the simulated node, "
+            "with the kubelet's directories under --root (device-plugins/, pod-resources/), the "
+            "CDI spec under ROOT/cdi and stand-in device nodes under ROOT/dev-root. Without a "
+            "config file, Allocate answers with every output at once (envvar and cdi-cri, "
+            "device specs). The fake's state file is $GPULET_FAKE_NVML_STATE when set, so "
+            "another process can inject faults. With --print, print the simulated node (GPUs, "
+            "topology matrix, MIG capability) and exit."
         ),
     )
     s.add_argument(
@@ -308,13 +450,33 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         help=f"a shipped spec ({', '.join(sim.shipped_specs())}) or the path of a spec file",
     )
     s.add_argument(
+        "--root",
+        metavar="DIR",
+        help="the simulated kubelet root (default: a new directory under /tmp)",
+    )
+    _agent_arguments(s)
+    s.add_argument(
         "--print",
         action="store_true",
-        default=True,
-        help="print the simulated node and exit (the default, and for now the only mode)",
+        help="print the simulated node and exit instead of running the agent",
     )
-    s.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    s.add_argument("--json", action="store_true", help="with --print: JSON instead of tables")
     return parser, s
+
+
+def _agent_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="config file: NVIDIA's device-plugin config v1, plus a gpulet section "
+        "(default: $CONFIG_FILE)",
+    )
+    p.add_argument(
+        "--metrics-port",
+        metavar="PORT",
+        type=int,
+        help="port of /healthz and /readyz (and /metrics); 0 turns it off (default 9400)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -324,11 +486,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "discover":
             return _cmd_discover(args)
+        if args.command == "run":
+            return _cmd_run(args)
         return _cmd_simulate(args, simulate_parser)
-    except (NvmlLibraryNotFound, SpecError, sim.FakeLibraryNotFoundError) as e:
+    except (NvmlLibraryNotFound, SpecError, sim.FakeLibraryNotFoundError, gconfig.ConfigError) as e:
         print(f"gpulet: {e}", file=sys.stderr)
         return 2
-    except (NvmlError, sim.FakeNvmlError) as e:
+    except (NvmlError, sim.FakeNvmlError, GpuletError) as e:
         print(f"gpulet: {e}", file=sys.stderr)
         return 1
 

@@ -30,7 +30,7 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 
 
 def test_python_m_gpulet_simulate_prints_the_node() -> None:
-    r = run("simulate", "--spec", "dgx-h100")
+    r = run("simulate", "--spec", "dgx-h100", "--print")
     assert r.returncode == 0, r.stderr
     out = r.stdout
     rows = [line for line in out.splitlines() if re.match(r"^\d+\s+NVIDIA H100 80GB HBM3\s", line)]
@@ -49,7 +49,7 @@ def test_python_m_gpulet_simulate_prints_the_node() -> None:
 
 
 def test_simulate_pcie_levels_and_mig_devices(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["simulate", "--spec", "mixed-pcie"]) == 0
+    assert main(["simulate", "--spec", "mixed-pcie", "--print"]) == 0
     out = capsys.readouterr().out
     rows = [line.split() for line in out.splitlines() if re.match(r"^GPU\d+\s", line)]
     matrix = {row[0]: row[1:] for row in rows}
@@ -63,7 +63,7 @@ def test_simulate_pcie_levels_and_mig_devices(capsys: pytest.CaptureFixture[str]
 
 
 def test_simulate_json(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["simulate", "--spec", "dgx1-volta", "--json"]) == 0
+    assert main(["simulate", "--spec", "dgx1-volta", "--print", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert len(data["gpus"]) == 8
     assert data["topology"]["nvswitch"] is False
@@ -78,14 +78,14 @@ def test_simulate_takes_a_spec_file(
 ) -> None:
     spec = tmp_path / "my-node.yaml"
     spec.write_text(sim.spec_path("single-t4").read_text(encoding="utf-8"), encoding="utf-8")
-    assert main(["simulate", "--spec", str(spec)]) == 0
+    assert main(["simulate", "--spec", str(spec), "--print"]) == 0
     out = capsys.readouterr().out
     assert "Tesla T4" in out
     assert "1 GPU," in out
 
 
 def test_an_unknown_spec_name_lists_the_shipped_ones() -> None:
-    r = run("simulate", "--spec", "dgx-h999")
+    r = run("simulate", "--spec", "dgx-h999", "--print")
     assert r.returncode == 2
     assert r.stdout == ""
     assert "--spec" in r.stderr
@@ -104,7 +104,7 @@ def test_a_bad_spec_file_names_the_field(
         "gpus: [{model: H100-81GB, pci_bus_id: '00000000:01:00.0', numa_node: 0}]\n",
         encoding="utf-8",
     )
-    assert main(["simulate", "--spec", str(spec)]) == 2
+    assert main(["simulate", "--spec", str(spec), "--print"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("gpulet: ")
     assert "H100-81GB" in err
@@ -151,7 +151,7 @@ def test_simulate_without_the_fake_says_how_to_build_it(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv(sim.ENV_FAKE_LIBRARY, "/nonexistent/libfakenvml.so")
-    assert main(["simulate", "--spec", "single-t4"]) == 2
+    assert main(["simulate", "--spec", "single-t4", "--print"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("gpulet: GPULET_FAKE_NVML_PATH names /nonexistent/libfakenvml.so")
     assert "cargo build -p fakenvml" in err
@@ -163,7 +163,8 @@ def test_help_says_what_simulate_does(capsys: pytest.CaptureFixture[str]) -> Non
     assert info.value.code == 0
     out = capsys.readouterr().out
     assert "--print" in out
-    assert "only mode" in out
+    assert "--root" in out
+    assert "whole agent" in out
     for name in sim.shipped_specs():
         assert name in out
 

@@ -1,0 +1,461 @@
+"""Which resources the device plugin advertises, and which devices each one lists.
+
+:func:`build_inventory` turns a discovered node and a loaded config into an :class:`Inventory`:
+the resources to serve (one kubelet device-plugin server each) and, per resource, the devices
+the kubelet sees. It follows NVIDIA's device plugin (``internal/rm/device_map.go``):
+
+- ``migStrategy: none``: every GPU, MIG mode or not, is one ``nvidia.com/gpu``.
+- ``single``: GPUs with MIG mode on are split: each MIG device is one ``nvidia.com/gpu``. Every
+  GPU must have the same MIG mode and every MIG device the same profile.
+- ``mixed``: GPUs without MIG stay ``nvidia.com/gpu``; each MIG device is
+  ``nvidia.com/mig-<profile>``, ``+`` written as ``.`` (``mig-1g.10gb.me``).
+- ``sharing`` (time-slicing or MPS): each selected device of a named resource becomes
+  ``replicas`` devices ``<UUID>::<n>``, advertised under the resource's (re)name; the rest stay
+  as they were. ``gpulet.gpuReplicas`` changes the count per device (1: not shared).
+- ``resources.gpus`` / ``resources.mig`` (custom names), ``rename`` and ``devices`` subsets are
+  present in the config only when gpulet's section opted in (the config package drops them
+  otherwise, as NVIDIA does).
+
+Device IDs on the wire are UUIDs (GPU or MIG) or replicas of them, whatever
+``deviceIDStrategy`` says; that strategy only changes what the container is told.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from gpulet import alloc
+from gpulet._core import Gpu, MigDevice, Node
+from gpulet.config import (
+    RESOURCE_NAME_PREFIX,
+    Config,
+    DeviceSelector,
+    Resource,
+    SharingStrategy,
+)
+from gpulet.errors import GpuletError
+
+__all__ = [
+    "DEFAULT_GPU_RESOURCE",
+    "GpuRegistration",
+    "Inventory",
+    "MigInfo",
+    "PhysicalDevice",
+    "PluginDevice",
+    "ResourceError",
+    "ResourceSpec",
+    "build_inventory",
+    "mig_resource_name",
+    "served_gpus",
+]
+
+DEFAULT_GPU_RESOURCE = f"{RESOURCE_NAME_PREFIX}/gpu"
+#: The kubelet refuses longer device IDs.
+MAX_DEVICE_ID_LENGTH = 63
+
+
+class ResourceError(GpuletError, ValueError):
+    """The node and the config cannot be advertised together (for example ``migStrategy:
+    single`` on a node with two MIG profiles). The message says what to change."""
+
+
+def mig_resource_name(profile: str) -> str:
+    """NVIDIA's resource name of a MIG profile: ``1g.10gb+me`` -> ``nvidia.com/mig-1g.10gb.me``."""
+    return f"{RESOURCE_NAME_PREFIX}/mig-{profile.replace('+', '.')}"
+
+
+@dataclass(frozen=True)
+class MigInfo:
+    """What the device plugin needs of one MIG device."""
+
+    index: int
+    gpu_instance_id: int
+    compute_instance_id: int
+    profile_id: int | None
+    profile: str | None
+    placement_start: int | None
+    placement_size: int | None
+    memory_bytes: int
+
+
+@dataclass(frozen=True)
+class PhysicalDevice:
+    """A whole GPU or one MIG device: the thing a container is given."""
+
+    #: GPU UUID or MIG UUID.
+    uuid: str
+    #: NVIDIA's index form: ``"3"`` for a GPU, ``"3:1"`` for MIG device 1 of GPU 3.
+    index: str
+    gpu_index: int
+    gpu_uuid: str
+    #: The GPU's device node minor (``/dev/nvidia<minor>``).
+    minor: int
+    numa_node: int | None
+    product: str
+    mig: MigInfo | None = None
+
+    @property
+    def is_mig(self) -> bool:
+        return self.mig is not None
+
+    @property
+    def mig_slice(self) -> alloc.MigSlice | None:
+        """The ledger's name of a MIG device: (parent UUID, profile id, placement start)."""
+        m = self.mig
+        if m is None or m.profile_id is None or m.placement_start is None:
+            return None
+        return (self.gpu_uuid, m.profile_id, m.placement_start)
+
+
+@dataclass(frozen=True)
+class PluginDevice:
+    """One device as one resource advertises it."""
+
+    #: The ID on the wire: a UUID, or ``<UUID>::<n>`` for replica ``n``.
+    id: str
+    resource: str
+    physical: PhysicalDevice
+    #: Replica number, or ``None`` when the device is not shared.
+    replica: int | None = None
+    #: How many replicas the physical device is shared into (0: not shared).
+    replicas: int = 0
+
+    @property
+    def shared(self) -> bool:
+        return self.replica is not None
+
+    @property
+    def ledger_key(self) -> alloc.Device | None:
+        """What holding this device takes in the ledger: the GPU UUID, the replica
+        ``<UUID>::<n>``, or the MIG slice (a shared MIG device: the slice, held on behalf of all
+        its replicas). ``None`` when the ledger cannot name it (a MIG device NVML gave no
+        placement for)."""
+        p = self.physical
+        if p.is_mig:
+            return p.mig_slice
+        if self.replica is not None:
+            return f"{p.uuid}::{self.replica}"
+        return p.uuid
+
+
+@dataclass(frozen=True)
+class ResourceSpec:
+    """One extended resource and the devices it advertises (in a stable order)."""
+
+    name: str
+    devices: tuple[PluginDevice, ...]
+    sharing: SharingStrategy = "none"
+    fail_requests_greater_than_one: bool = False
+
+    @property
+    def short_name(self) -> str:
+        """The name without its domain: ``gpu``, ``mig-1g.10gb``."""
+        return self.name.split("/", 1)[1]
+
+    @property
+    def socket_name(self) -> str:
+        """The file name of this resource's socket in the device-plugins directory."""
+        return f"gpulet-{self.short_name}.sock"
+
+    @property
+    def whole_gpus(self) -> bool:
+        """Every device is an unshared whole GPU (GetPreferredAllocation uses the topology)."""
+        return all(not d.shared and not d.physical.is_mig for d in self.devices)
+
+    @cached_property
+    def by_id(self) -> dict[str, PluginDevice]:
+        return {d.id: d for d in self.devices}
+
+
+@dataclass(frozen=True)
+class GpuRegistration:
+    """How a GPU is registered in the ledger."""
+
+    uuid: str
+    index: int
+    replicas: int
+    model: str | None
+    serves: str | None
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """Every resource the device plugin serves on this node, and the ledger's GPUs."""
+
+    resources: tuple[ResourceSpec, ...]
+    gpus: tuple[GpuRegistration, ...] = ()
+    #: Indices of the GPUs the device plugin serves.
+    served: tuple[int, ...] = ()
+    notes: tuple[str, ...] = field(default=(), compare=False)
+
+    def resource(self, name: str) -> ResourceSpec:
+        for r in self.resources:
+            if r.name == name:
+                return r
+        raise KeyError(name)
+
+    @cached_property
+    def by_id(self) -> dict[str, PluginDevice]:
+        return {d.id: d for r in self.resources for d in r.devices}
+
+    def counts(self) -> dict[str, int]:
+        """Devices per resource name."""
+        return {r.name: len(r.devices) for r in self.resources}
+
+
+# --- building ------------------------------------------------------------------------------
+
+
+def _pattern(pattern: str) -> re.Pattern[str]:
+    """NVIDIA's resource pattern: ``*`` matches anything, everything else itself."""
+    return re.compile(".*".join(re.escape(part) for part in pattern.split("*")))
+
+
+def _match(resources: Sequence[Resource], value: str) -> str | None:
+    for r in resources:
+        if _pattern(r.pattern).fullmatch(value):
+            return r.name
+    return None
+
+
+def _selected(selector: DeviceSelector, index: int, uuid: str) -> bool:
+    """A GPU (by NVML index or UUID) picked by a selector of whole GPUs."""
+    if selector.kind == "all":
+        return True
+    if selector.kind == "count":
+        return index < selector.count
+    return str(index) in selector.refs or uuid in selector.refs
+
+
+def served_gpus(node: Node, config: Config) -> list[Gpu]:
+    """The GPUs the device plugin serves: all, less those DRA serves when both run."""
+    if not config.gpulet.device_plugin.enabled:
+        return []
+    dra = config.gpulet.dra
+    if not dra.enabled:
+        return list(node.gpus)
+    return [g for g in node.gpus if not _selected(dra.devices, g.index, g.uuid)]
+
+
+def _physical_gpu(g: Gpu) -> PhysicalDevice:
+    return PhysicalDevice(
+        uuid=g.uuid,
+        index=str(g.index),
+        gpu_index=g.index,
+        gpu_uuid=g.uuid,
+        minor=g.minor,
+        numa_node=g.numa_node,
+        product=g.name,
+    )
+
+
+def _physical_mig(g: Gpu, m: MigDevice) -> PhysicalDevice:
+    return PhysicalDevice(
+        uuid=m.uuid,
+        index=f"{g.index}:{m.index}",
+        gpu_index=g.index,
+        gpu_uuid=g.uuid,
+        minor=g.minor,
+        numa_node=g.numa_node,
+        product=g.name,
+        mig=MigInfo(
+            index=m.index,
+            gpu_instance_id=m.gpu_instance_id,
+            compute_instance_id=m.compute_instance_id,
+            profile_id=m.profile_id,
+            profile=m.profile_name,
+            placement_start=m.placement_start,
+            placement_size=m.placement_size,
+            memory_bytes=m.memory_bytes,
+        ),
+    )
+
+
+def _base_devices(gpus: Sequence[Gpu], config: Config) -> dict[str, list[PhysicalDevice]]:
+    """Devices per resource name before sharing, in NVML order."""
+    strategy = config.flags.mig_strategy
+    gpu_names = list(config.resources.gpus) or [Resource("*", DEFAULT_GPU_RESOURCE)]
+    out: dict[str, list[PhysicalDevice]] = {}
+
+    if strategy == "single":
+        modes = {g.mig_enabled for g in gpus}
+        if len(modes) > 1:
+            on = ", ".join(str(g.index) for g in gpus if g.mig_enabled)
+            off = ", ".join(str(g.index) for g in gpus if not g.mig_enabled)
+            raise ResourceError(
+                "migStrategy single needs every GPU in the same MIG mode, but MIG is enabled on "
+                f"GPU {on} and disabled on GPU {off}; use migStrategy mixed, or set every GPU's "
+                "MIG mode alike"
+            )
+        profiles = sorted({m.profile_name or "?" for g in gpus for m in g.mig_devices})
+        if len(profiles) > 1:
+            raise ResourceError(
+                "migStrategy single needs one MIG profile on the whole node, but the node has "
+                f"{', '.join(profiles)}; use migStrategy mixed, or make every MIG device alike"
+            )
+
+    for g in gpus:
+        split = strategy != "none" and g.mig_enabled
+        if not split:
+            name = _match(gpu_names, g.name)
+            if name is None:
+                raise ResourceError(
+                    f"GPU {g.index} ({g.name}) matches no pattern in resources.gpus "
+                    f"({', '.join(r.pattern for r in gpu_names)}); add a pattern for it"
+                )
+            out.setdefault(name, []).append(_physical_gpu(g))
+            continue
+        for m in g.mig_devices:
+            profile = m.profile_name
+            if profile is None:
+                raise ResourceError(
+                    f"MIG device {m.uuid} on GPU {g.index} has no profile NVML could name; "
+                    "it cannot be advertised under a MIG resource"
+                )
+            if config.resources.mig:
+                name = _match(config.resources.mig, profile)
+                if name is None:
+                    raise ResourceError(
+                        f"MIG device {m.uuid} ({profile}) on GPU {g.index} matches no pattern "
+                        f"in resources.mig "
+                        f"({', '.join(r.pattern for r in config.resources.mig)}); add one"
+                    )
+            elif strategy == "single":
+                name = DEFAULT_GPU_RESOURCE
+            else:
+                name = mig_resource_name(profile)
+            out.setdefault(name, []).append(_physical_mig(g, m))
+    return out
+
+
+def _pick(selector: DeviceSelector, devices: Sequence[PhysicalDevice]) -> set[str]:
+    """UUIDs of the devices a sharing entry selects (NVIDIA's getIDsOfDevicesToReplicate)."""
+    if selector.kind == "all":
+        return {d.uuid for d in devices}
+    if selector.kind == "count":
+        return {d.uuid for d in devices[: selector.count]}
+    return {d.uuid for d in devices if d.index in selector.refs or d.uuid in selector.refs}
+
+
+def _replica_override(config: Config, d: PhysicalDevice) -> int | None:
+    """The gpulet.gpuReplicas count for a device: its own ref first, then its GPU's."""
+    own = {d.index, d.uuid}
+    parent = {str(d.gpu_index), d.gpu_uuid}
+    for keys in (own, parent):
+        for entry in config.gpulet.gpu_replicas:
+            if keys & set(entry.devices.refs):
+                return entry.replicas
+    return None
+
+
+def _model(g: Gpu) -> str | None:
+    """The catalog name the ledger knows the GPU by (needed for MIG slices)."""
+    if not g.mig_capable:
+        return None
+    try:
+        alloc.Ledger().register_gpu("probe", model=g.name)
+    except GpuletError:
+        return None
+    return g.name
+
+
+def build_inventory(node: Node, config: Config) -> Inventory:
+    """The resources and devices to advertise for ``node`` under ``config``.
+
+    Raises :class:`ResourceError` when they cannot be advertised together.
+    """
+    gpus = served_gpus(node, config)
+    base = _base_devices(gpus, config)
+    sharing = config.sharing
+    active = sharing.active
+    strategy = sharing.strategy
+
+    plugin: dict[str, list[PluginDevice]] = {}
+    shared_resources: dict[str, tuple[SharingStrategy, bool]] = {}
+    gpu_replicas: dict[str, int] = {}
+    notes: list[str] = []
+
+    entries = list(active.resources) if active is not None else []
+    if config.gpulet.gpu_replicas and active is None:
+        notes.append("gpulet.gpuReplicas is set but sharing is not: nothing is shared")
+    for name, devices in base.items():
+        own = [e for e in entries if e.name == name]
+        if not own:
+            plugin.setdefault(name, []).extend(PluginDevice(d.uuid, name, d) for d in devices)
+            continue
+        assigned: dict[str, int] = {}
+        for i, e in enumerate(own):
+            for uuid in _pick(e.devices, devices):
+                assigned.setdefault(uuid, i)
+        for d in devices:
+            entry_index = assigned.get(d.uuid)
+            count = 1
+            target = name
+            if entry_index is not None:
+                e = own[entry_index]
+                override = _replica_override(config, d)
+                count = e.replicas if override is None else override
+                target = e.rename or e.name
+            if count <= 1:
+                plugin.setdefault(name, []).append(PluginDevice(d.uuid, name, d))
+                continue
+            if strategy == "mps" and d.is_mig:
+                raise ResourceError(
+                    f"MPS cannot share MIG device {d.uuid} (GPU {d.gpu_index}); NVIDIA's MPS "
+                    "support excludes MIG: share the MIG devices by time-slicing, or disable MIG"
+                )
+            shared_resources[target] = (
+                strategy,
+                active.fail_requests_greater_than_one if active is not None else False,
+            )
+            if not d.is_mig:
+                gpu_replicas[d.uuid] = count
+            for n in range(count):
+                rid = f"{d.uuid}::{n}"
+                if len(rid) > MAX_DEVICE_ID_LENGTH:
+                    raise ResourceError(
+                        f"replica ID {rid!r} is longer than the {MAX_DEVICE_ID_LENGTH} characters "
+                        "the kubelet accepts; lower the replica count"
+                    )
+                plugin.setdefault(target, []).append(
+                    PluginDevice(rid, target, d, replica=n, replicas=count)
+                )
+    for e in entries:
+        if e.name not in base:
+            notes.append(f"sharing names {e.name}, which this node does not advertise")
+
+    resources = []
+    for name in sorted(plugin):
+        sharing_kind, fail_gt1 = shared_resources.get(name, ("none", False))
+        resources.append(
+            ResourceSpec(
+                name=name,
+                devices=tuple(plugin[name]),
+                sharing=sharing_kind,
+                fail_requests_greater_than_one=fail_gt1,
+            )
+        )
+
+    dra = config.gpulet.dra
+    served = {g.index for g in gpus}
+    registrations = []
+    for g in node.gpus:
+        serves = ("device-plugin" if dra.enabled else None) if g.index in served else "dra"
+        registrations.append(
+            GpuRegistration(
+                uuid=g.uuid,
+                index=g.index,
+                replicas=gpu_replicas.get(g.uuid, 0),
+                model=_model(g),
+                serves=serves,
+            )
+        )
+    return Inventory(
+        resources=tuple(resources),
+        gpus=tuple(registrations),
+        served=tuple(sorted(served)),
+        notes=tuple(notes),
+    )
