@@ -441,6 +441,7 @@ def _control_parser() -> argparse.ArgumentParser:
     for name, text in (
         ("fall-off-bus", "make a GPU fall off the bus"),
         ("restore-gpu", "bring a lost GPU back"),
+        ("reset-gpu", "reset a GPU: it falls off the bus (XID 79) and comes back"),
     ):
         s = sub.add_parser(name, help=text)
         s.add_argument("--gpu", type=int, required=True)
@@ -474,6 +475,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif cmd == "fall-off-bus":
             ctl.fall_off_bus(args.gpu)
         elif cmd == "restore-gpu":
+            ctl.restore_gpu(args.gpu)
+        elif cmd == "reset-gpu":
+            ctl.fall_off_bus(args.gpu)
             ctl.restore_gpu(args.gpu)
         elif cmd == "fail":
             ctl.fail(args.call, args.code, args.gpu, args.times)
