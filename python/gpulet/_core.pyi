@@ -1,6 +1,43 @@
 # Type stubs for the gpulet._core extension (checked by mypy.stubtest).
 
-__all__: list[str]
+__all__ = [
+    "ClaimOwner",
+    "ContainerOwner",
+    "Event",
+    "EventRegistration",
+    "EventWatcher",
+    "Gpu",
+    "GpuUsage",
+    "Ledger",
+    "MigDevice",
+    "MigLayout",
+    "MigPlacement",
+    "MigProfile",
+    "MigProfileInfo",
+    "Node",
+    "Topology",
+    "Utilisation",
+    "__version__",
+    "_core_error",
+    "discover",
+    "mig_catalog_model",
+    "mig_first_fit",
+    "mig_first_fit_node",
+    "mig_fragmentation",
+    "mig_layouts",
+    "mig_model_profiles",
+    "mig_models",
+    "mig_plan",
+    "mig_plan_node",
+    "mig_profiles",
+    "mig_stranded",
+    "mig_validate",
+    "preferred",
+    "prepare",
+    "probe",
+    "score",
+    "select_replicas",
+]
 __version__: str
 
 # ---- nvml / discovery / topology / errors (begin) ----

@@ -17,7 +17,9 @@ BUS_ID = re.compile(r"^[0-9A-F]{8}:[0-9A-F]{2}:[0-9A-F]{2}\.[0-7]$")
 
 def test_discovery_is_complete_and_consistent(real_node: gpulet.Node) -> None:
     node = real_node
-    print(f"\ndriver {node.driver_version}, CUDA {node.cuda_driver_version}, NVML {node.nvml_version}")
+    print(
+        f"\ndriver {node.driver_version}, CUDA {node.cuda_driver_version}, NVML {node.nvml_version}"
+    )
     assert node.gpus, "a driver that answers reports at least one GPU"
     assert [g.index for g in node.gpus] == list(range(len(node.gpus)))
     assert len({g.uuid for g in node.gpus}) == len(node.gpus)

@@ -49,7 +49,9 @@ def test_bad_input_is_named_and_changes_nothing(tmp_path: pathlib.Path) -> None:
     with gpulet.simulated("single-t4", state_path=state) as sim:
         sim.control.reset()
         before = sim.control.state()
-        r = run("--spec", "single-t4", "--state", str(state), "inject-xid", "--gpu", "7", "--xid", "1")
+        r = run(
+            "--spec", "single-t4", "--state", str(state), "inject-xid", "--gpu", "7", "--xid", "1"
+        )
         assert r.returncode == 2
         assert "gpu" in r.stderr.lower()
         assert sim.control.state() == before
