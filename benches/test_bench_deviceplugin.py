@@ -39,7 +39,7 @@ import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests" / "integration"))
 
-from kubelet_standin import KubeletStandin
+from gpulet.testing.kubelet import KubeletStandin
 
 import gpulet
 from gpulet import alloc, config

@@ -179,6 +179,12 @@ func checkLists(t *testing.T, h *harness, v *View) {
 				perNUMA[strconv.FormatInt(nodes[0].GetID(), 10)]++
 			}
 		}
+		if ids := want.ExpectedIDs(); ids != nil {
+			got := keys(p.Devices)
+			if missing, extra := difference(ids, got), difference(got, ids); len(missing)+len(extra) > 0 {
+				t.Errorf("%s: ListAndWatch lists other device IDs than expected: missing %v, unexpected %v", name, missing, extra)
+			}
+		}
 		if want.NUMA != nil && !equalCounts(perNUMA, want.NUMA) {
 			t.Errorf("%s: devices per NUMA node %v, want %v", name, perNUMA, want.NUMA)
 		}
@@ -341,6 +347,17 @@ func allocate(t *testing.T, h *harness, p *Plugin, want *ResourceExpect, ids []s
 	t.Logf("%s: Allocate(%v) in %v: envs %v, cdi %v, %d device specs, %d mounts, annotations %v",
 		p.Resource, ids, took.Round(time.Microsecond), r.GetEnvs(), r.GetCdiDevices(), len(r.GetDevices()), len(r.GetMounts()), r.GetAnnotations())
 	a := want.Allocate
+	// What the container is told: the device IDs without replica suffixes, or their indices.
+	var cids []string
+	for _, id := range ids {
+		cid, ok := h.e.ContainerID(a.IDStrategy, id)
+		if !ok {
+			t.Errorf("%s: the expectations' indices have no entry for %s", p.Resource, id)
+			continue
+		}
+		cids = append(cids, cid)
+	}
+	cids = unique(cids)
 	envs := r.GetEnvs()
 	for _, name := range a.EnvIDs {
 		v, ok := envs[name]
@@ -348,8 +365,20 @@ func allocate(t *testing.T, h *harness, p *Plugin, want *ResourceExpect, ids []s
 			t.Errorf("%s: Allocate response has no env %s", p.Resource, name)
 			continue
 		}
-		if got := strings.Split(v, ","); !sameSet(got, ids) {
-			t.Errorf("%s: env %s=%q, want the allocated IDs %v (any order)", p.Resource, name, v, ids)
+		if got := unique(strings.Split(v, ",")); !sameSet(got, cids) {
+			t.Errorf("%s: env %s=%q, want %v (the allocated devices' %s IDs, any order)", p.Resource, name, v, cids, a.IDStrategy)
+		}
+	}
+	if m := a.MountsPerID; m != nil {
+		var got, wantMounts []string
+		for _, mt := range r.GetMounts() {
+			got = append(got, mt.GetContainerPath()+" from "+mt.GetHostPath())
+		}
+		for _, cid := range cids {
+			wantMounts = append(wantMounts, strings.ReplaceAll(m.ContainerPath, "{id}", cid)+" from "+m.HostPath)
+		}
+		if got = unique(got); !sameSet(got, wantMounts) {
+			t.Errorf("%s: mounts %v, want %v", p.Resource, got, wantMounts)
 		}
 	}
 	for name, val := range a.Env {
@@ -374,10 +403,10 @@ func allocate(t *testing.T, h *harness, p *Plugin, want *ResourceExpect, ids []s
 	}
 	if a.CDIDevice != "" {
 		var wantCDI []string
-		for _, id := range ids {
-			wantCDI = append(wantCDI, strings.ReplaceAll(a.CDIDevice, "{id}", id))
+		for _, cid := range cids {
+			wantCDI = append(wantCDI, strings.ReplaceAll(a.CDIDevice, "{id}", cid))
 		}
-		if !sameSet(cdi, wantCDI) {
+		if !sameSet(unique(cdi), wantCDI) {
 			t.Errorf("%s: CDI devices %v, want %v", p.Resource, cdi, wantCDI)
 		}
 	}
@@ -397,6 +426,32 @@ func allocate(t *testing.T, h *harness, p *Plugin, want *ResourceExpect, ids []s
 			t.Errorf("%s: mount %v: paths must be absolute", p.Resource, m)
 		}
 	}
+}
+
+// unique returns xs without repeats, in first-seen order.
+func unique(xs []string) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, x := range xs {
+		if !seen[x] {
+			seen[x] = true
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+// difference returns the members of a not in b, sorted.
+func difference(a, b []string) []string {
+	in := set(b)
+	var out []string
+	for _, x := range a {
+		if !in[x] {
+			out = append(out, x)
+		}
+	}
+	sort.Strings(out)
+	return out
 }
 
 func sameSet(a, b []string) bool {
@@ -448,6 +503,23 @@ func testAllocate(t *testing.T, h *harness) {
 			cancel()
 			if err == nil {
 				t.Errorf("%s: Allocate of a device ID that was never listed succeeded; it must fail", name)
+			}
+		}
+		if n := want.Allocate.MaxRequestSize; n > 0 {
+			avail := healthyIDs(p)
+			if len(avail) <= n {
+				t.Fatalf("%s: %d healthy devices, cannot ask for %d", name, len(avail), n+1)
+			}
+			over := avail[:n+1]
+			ctx, cancel := h.rpcContext()
+			_, err := p.API.Allocate(ctx, &api.AllocateRequest{
+				ContainerRequests: []*api.ContainerAllocateRequest{{DevicesIds: over}},
+			})
+			cancel()
+			if err == nil {
+				t.Errorf("%s: Allocate of %d devices %v succeeded; more than %d must fail", name, n+1, over, n)
+			} else {
+				t.Logf("%s: Allocate of %d devices refused: %v", name, n+1, err)
 			}
 		}
 	}

@@ -37,6 +37,9 @@ type Expectations struct {
 	Health *HealthExpect `json:"health"`
 	// KubeletRestart is the kubelet-restart scenario.
 	KubeletRestart RestartExpect `json:"kubelet_restart"`
+	// Indices maps a GPU or MIG UUID to NVIDIA's index for it ("3", "3:1"), for
+	// allocate.id_strategy "index".
+	Indices map[string]string `json:"indices"`
 }
 
 // ResourceExpect is what one registered resource must serve.
@@ -45,6 +48,12 @@ type ResourceExpect struct {
 	Count int `json:"count"`
 	// IDPattern, if set, is a regular expression every device ID must match.
 	IDPattern string `json:"id_pattern"`
+	// IDs, if set, are the device IDs ListAndWatch must list (exactly these), or with Replicas
+	// the devices whose replicas it must list.
+	IDs []string `json:"ids"`
+	// Replicas, if set, makes every entry of IDs stand for the replica IDs "<id>::0" to
+	// "<id>::<replicas-1>" (NVIDIA's annotated IDs for time-slicing and MPS).
+	Replicas int `json:"replicas"`
 	// NUMA, if set, maps a NUMA node ID (as a string) to the number of devices on it. Every
 	// device must then carry exactly one NUMA node in its topology.
 	NUMA map[string]int `json:"numa"`
@@ -71,15 +80,22 @@ type PreferredExpect struct {
 type AllocateExpect struct {
 	// Size is how many devices one container asks for (default 1).
 	Size int `json:"size"`
-	// EnvIDs names env vars whose value must be the allocated device IDs, comma-separated,
-	// in any order.
+	// EnvIDs names env vars whose value must be the IDs the container is told, comma-separated,
+	// in any order (repeats count once): each allocated device ID without its replica suffix
+	// ("::<n>"), mapped through the top-level indices under IDStrategy "index".
 	EnvIDs []string `json:"env_ids"`
+	// IDStrategy is NVIDIA's deviceIDStrategy the container IDs follow: "uuid" (default) or
+	// "index".
+	IDStrategy string `json:"id_strategy"`
+	// MountsPerID, if set, says the response's mounts must be exactly one per container ID
+	// (as for EnvIDs): ContainerPath with "{id}" replaced by the ID, from HostPath.
+	MountsPerID *MountExpect `json:"mounts_per_id"`
 	// Env maps env var names to their exact expected values.
 	Env map[string]string `json:"env"`
 	// EnvPresent names env vars that must be set to something non-empty.
 	EnvPresent []string `json:"env_present"`
-	// CDIDevice, if set, is a template ("nvidia.com/gpu={id}") every allocated device ID
-	// expands to; the response's CDI device names must be exactly that set.
+	// CDIDevice, if set, is a template ("nvidia.com/gpu={id}") every container ID (as for
+	// EnvIDs) expands to; the response's CDI device names must be exactly that set.
 	CDIDevice string `json:"cdi_device"`
 	// MinCDIDevices is the least number of CDI devices in the response.
 	MinCDIDevices int `json:"min_cdi_devices"`
@@ -87,6 +103,17 @@ type AllocateExpect struct {
 	MinDeviceSpecs int `json:"min_device_specs"`
 	// RejectUnknownIDs: Allocate of a device ID that was never listed must fail.
 	RejectUnknownIDs bool `json:"reject_unknown_ids"`
+	// MaxRequestSize, if set, is the most devices one container may ask for: Allocate of one
+	// more (distinct, listed, healthy) must fail (NVIDIA's failRequestsGreaterThanOne: 1).
+	MaxRequestSize int `json:"max_request_size"`
+}
+
+// MountExpect is one mount per container ID.
+type MountExpect struct {
+	// ContainerPath is a template: "{id}" is replaced by the container ID.
+	ContainerPath string `json:"container_path"`
+	// HostPath is the host path of every such mount.
+	HostPath string `json:"host_path"`
 }
 
 // HealthExpect is the health-change scenario, driven through GPULET_CONFORMANCE_CONTROL.
@@ -149,6 +176,12 @@ func LoadExpectations(path string) (*Expectations, error) {
 				return nil, fmt.Errorf("expectations file %s: resource %q: numa keys must be NUMA node IDs and values counts, got %q: %d", path, name, k, v)
 			}
 		}
+		if r.Replicas < 0 || (r.Replicas > 0 && len(r.IDs) == 0) {
+			return nil, fmt.Errorf("expectations file %s: resource %q: \"replicas\" needs \"ids\" and must be > 0", path, name)
+		}
+		if len(r.IDs) > 0 && len(r.ExpectedIDs()) != r.Count {
+			return nil, fmt.Errorf("expectations file %s: resource %q: \"ids\" name %d devices, \"count\" says %d", path, name, len(r.ExpectedIDs()), r.Count)
+		}
 		if len(r.Preferred.Sizes) == 0 {
 			r.Preferred.Sizes = uniqueSorted([]int{1, min(2, r.Count), r.Count})
 		}
@@ -162,6 +195,23 @@ func LoadExpectations(path string) (*Expectations, error) {
 		}
 		if r.Allocate.Size > r.Count {
 			return nil, fmt.Errorf("expectations file %s: resource %q: allocate size %d > count %d", path, name, r.Allocate.Size, r.Count)
+		}
+		switch r.Allocate.IDStrategy {
+		case "":
+			r.Allocate.IDStrategy = "uuid"
+		case "uuid":
+		case "index":
+			if len(e.Indices) == 0 {
+				return nil, fmt.Errorf("expectations file %s: resource %q: id_strategy \"index\" needs the top-level \"indices\"", path, name)
+			}
+		default:
+			return nil, fmt.Errorf("expectations file %s: resource %q: id_strategy must be \"uuid\" or \"index\", got %q", path, name, r.Allocate.IDStrategy)
+		}
+		if m := r.Allocate.MountsPerID; m != nil && (!strings.Contains(m.ContainerPath, "{id}") || m.HostPath == "") {
+			return nil, fmt.Errorf("expectations file %s: resource %q: mounts_per_id needs a container_path with {id} and a host_path", path, name)
+		}
+		if n := r.Allocate.MaxRequestSize; n < 0 || (n > 0 && (n >= r.Count || r.Allocate.Size > n)) {
+			return nil, fmt.Errorf("expectations file %s: resource %q: max_request_size %d must be in 1..count-1 and at least the allocate size %d", path, name, n, r.Allocate.Size)
 		}
 	}
 	if h := e.Health; h != nil {
@@ -191,6 +241,33 @@ func LoadExpectations(path string) (*Expectations, error) {
 		e.KubeletRestart.DowntimeMS = 1000
 	}
 	return &e, nil
+}
+
+// ExpectedIDs is the exact set of device IDs to list (nil: not checked).
+func (r *ResourceExpect) ExpectedIDs() []string {
+	if r.Replicas == 0 {
+		return r.IDs
+	}
+	var out []string
+	for _, id := range r.IDs {
+		for n := 0; n < r.Replicas; n++ {
+			out = append(out, id+"::"+strconv.Itoa(n))
+		}
+	}
+	return out
+}
+
+// ContainerID is what the container is told for an allocated device ID under NVIDIA's
+// deviceIDStrategy: the ID without its replica suffix, or that device's index.
+func (e *Expectations) ContainerID(strategy, id string) (string, bool) {
+	if i := strings.Index(id, "::"); i >= 0 {
+		id = id[:i]
+	}
+	if strategy != "index" {
+		return id, true
+	}
+	idx, ok := e.Indices[id]
+	return idx, ok
 }
 
 // ResourceNames returns the expected resource names, sorted.

@@ -1,7 +1,7 @@
 """The device plugin over real unix sockets, driven as the kubelet drives it.
 
 Each test runs the agent (``gpulet.agent.Agent``) on a simulated node (the fake NVML) under a
-short temporary kubelet root, with :mod:`kubelet_standin` as the kubelet: per MIG strategy and
+short temporary kubelet root, with :mod:`gpulet.testing.kubelet` as the kubelet: per MIG strategy and
 sharing mode, registration and ListAndWatch; GetPreferredAllocation against the allocator;
 Allocate per device-list strategy; every bad input.
 """
@@ -19,7 +19,7 @@ from typing import Any
 
 import grpc
 import pytest
-from kubelet_standin import AgentThread, KubeletStandin, PluginClient
+from gpulet.testing.kubelet import AgentThread, KubeletStandin, PluginClient
 
 import gpulet
 from gpulet import alloc, config

@@ -24,7 +24,7 @@ from typing import Any
 
 import grpc
 import pytest
-from kubelet_standin import WAIT, AgentThread, KubeletStandin, pod
+from gpulet.testing.kubelet import WAIT, AgentThread, KubeletStandin, pod
 
 import gpulet
 from gpulet import config
