@@ -307,6 +307,15 @@ func testPreferredAllocation(t *testing.T, h *harness) {
 					t.Errorf("%s: preferred %d devices span NUMA nodes %v; want one node for sizes up to %d", name, size, nodes, want.Preferred.SameNUMAUpTo)
 				}
 			}
+			if size <= want.Preferred.SpreadUpTo && len(got) == size {
+				var physical []string
+				for _, id := range got {
+					physical = append(physical, strings.SplitN(id, "::", 2)[0])
+				}
+				if n := len(unique(physical)); n != size {
+					t.Errorf("%s: preferred %d replicas %v are of %d devices; want %d distinct devices for sizes up to %d", name, size, got, n, size, want.Preferred.SpreadUpTo)
+				}
+			}
 		}
 		// A device that must be included, and a restricted available set.
 		if len(avail) >= 2 {
@@ -344,8 +353,12 @@ func allocate(t *testing.T, h *harness, p *Plugin, want *ResourceExpect, ids []s
 		return
 	}
 	r := resp.GetContainerResponses()[0]
-	t.Logf("%s: Allocate(%v) in %v: envs %v, cdi %v, %d device specs, %d mounts, annotations %v",
-		p.Resource, ids, took.Round(time.Microsecond), r.GetEnvs(), r.GetCdiDevices(), len(r.GetDevices()), len(r.GetMounts()), r.GetAnnotations())
+	var mounts []string
+	for _, m := range r.GetMounts() {
+		mounts = append(mounts, m.GetContainerPath()+" from "+m.GetHostPath())
+	}
+	t.Logf("%s: Allocate(%v) in %v: envs %v, cdi %v, %d device specs, mounts %v, annotations %v",
+		p.Resource, ids, took.Round(time.Microsecond), r.GetEnvs(), r.GetCdiDevices(), len(r.GetDevices()), mounts, r.GetAnnotations())
 	a := want.Allocate
 	// What the container is told: the device IDs without replica suffixes, or their indices.
 	var cids []string
@@ -370,14 +383,11 @@ func allocate(t *testing.T, h *harness, p *Plugin, want *ResourceExpect, ids []s
 		}
 	}
 	if m := a.MountsPerID; m != nil {
-		var got, wantMounts []string
-		for _, mt := range r.GetMounts() {
-			got = append(got, mt.GetContainerPath()+" from "+mt.GetHostPath())
-		}
+		var wantMounts []string
 		for _, cid := range cids {
 			wantMounts = append(wantMounts, strings.ReplaceAll(m.ContainerPath, "{id}", cid)+" from "+m.HostPath)
 		}
-		if got = unique(got); !sameSet(got, wantMounts) {
+		if got := unique(mounts); !sameSet(got, wantMounts) {
 			t.Errorf("%s: mounts %v, want %v", p.Resource, got, wantMounts)
 		}
 	}

@@ -74,6 +74,10 @@ type PreferredExpect struct {
 	// SameNUMAUpTo: for any size up to this, with nothing that must be included, every
 	// preferred device must sit on one NUMA node. 0 disables the check.
 	SameNUMAUpTo int `json:"same_numa_up_to"`
+	// SpreadUpTo: for any size up to this, with nothing that must be included, the preferred
+	// replicas must be of distinct devices (NVIDIA's "distributed" policy on a node with nothing
+	// allocated). 0 disables the check.
+	SpreadUpTo int `json:"spread_up_to"`
 }
 
 // AllocateExpect drives Allocate and says what its response must hold.
