@@ -6,9 +6,13 @@ the kubelet sees. It follows NVIDIA's device plugin (``internal/rm/device_map.go
 
 - ``migStrategy: none``: every GPU, MIG mode or not, is one ``nvidia.com/gpu``.
 - ``single``: GPUs with MIG mode on are split: each MIG device is one ``nvidia.com/gpu``. Every
-  GPU must have the same MIG mode and every MIG device the same profile.
+  GPU must have the same MIG mode and every MIG device the same profile (compute-instance size
+  included: ``1c.2g.20gb`` is not ``2g.20gb``).
 - ``mixed``: GPUs without MIG stay ``nvidia.com/gpu``; each MIG device is
-  ``nvidia.com/mig-<profile>``, ``+`` written as ``.`` (``mig-1g.10gb.me``).
+  ``nvidia.com/mig-<profile>``, ``+`` written as ``.`` (``mig-1g.10gb.me``). Only MIG devices
+  whose compute instance fills its GPU instance (C == G) have such a name; one of a GPU instance
+  split into smaller compute instances (NVIDIA's profile ``<C>c.<G>g.<mem>gb``) is left out, with
+  a note saying so (NVIDIA's plugin fails instead: the profile matches no resource pattern).
 - ``sharing`` (time-slicing or MPS): each selected device of a named resource becomes
   ``replicas`` devices ``<UUID>::<n>``, advertised under the resource's (re)name; the rest stay
   as they were. ``gpulet.gpuReplicas`` changes the count per device (1: not shared).
@@ -79,6 +83,10 @@ class MigInfo:
     placement_start: int | None
     placement_size: int | None
     memory_bytes: int
+    #: Compute slices of the compute instance (C) and of its GPU instance (G); ``None`` when
+    #: NVML refused the instance queries for lack of privileges.
+    compute_slices: int | None = None
+    gpu_instance_slices: int | None = None
 
 
 @dataclass(frozen=True)
@@ -103,9 +111,14 @@ class PhysicalDevice:
 
     @property
     def mig_slice(self) -> alloc.MigSlice | None:
-        """The ledger's name of a MIG device: (parent UUID, profile id, placement start)."""
+        """The ledger's name of a MIG device: (parent UUID, profile id, placement start).
+        ``None`` for a compute instance smaller than its GPU instance: the ledger names whole
+        GPU instances, and the GPU instance's other compute instances would share the name."""
         m = self.mig
         if m is None or m.profile_id is None or m.placement_start is None:
+            return None
+        c, g = m.compute_slices, m.gpu_instance_slices
+        if c is not None and g is not None and c != g:
             return None
         return (self.gpu_uuid, m.profile_id, m.placement_start)
 
@@ -270,12 +283,42 @@ def _physical_mig(g: Gpu, m: MigDevice) -> PhysicalDevice:
             placement_start=m.placement_start,
             placement_size=m.placement_size,
             memory_bytes=m.memory_bytes,
+            compute_slices=m.compute_slices,
+            gpu_instance_slices=m.gpu_instance_slices,
         ),
     )
 
 
-def _base_devices(gpus: Sequence[Gpu], config: Config) -> dict[str, list[PhysicalDevice]]:
-    """Devices per resource name before sharing, in NVML order."""
+def _split(m: MigDevice) -> bool:
+    """The MIG device's compute instance is smaller than its GPU instance (C < G). Unknown
+    slice counts (NVML refused for lack of privileges) count as not split."""
+    c, g = m.compute_slices, m.gpu_instance_slices
+    return c is not None and g is not None and c != g
+
+
+def _nvidia_profile(m: MigDevice) -> str | None:
+    """NVIDIA's name of the MIG device's profile (go-nvlib ``MigProfileInfo.String``): the GPU
+    instance's, ``<C>c.`` before it when the compute instance is smaller (``1c.2g.20gb``)."""
+    if m.profile_name is None:
+        return None
+    if _split(m):
+        return f"{m.compute_slices}c.{m.profile_name}"
+    return m.profile_name
+
+
+def _left_out(g: Gpu, m: MigDevice, profile: str, why: str) -> str:
+    return (
+        f"MIG device {m.uuid} ({profile}) on GPU {g.index} is not advertised: its compute "
+        f"instance spans {m.compute_slices} of its GPU instance's {m.gpu_instance_slices} "
+        f"compute slices (C != G), and {why}"
+    )
+
+
+def _base_devices(
+    gpus: Sequence[Gpu], config: Config, notes: list[str]
+) -> dict[str, list[PhysicalDevice]]:
+    """Devices per resource name before sharing, in NVML order; a note in ``notes`` for each
+    MIG device left out."""
     strategy = config.flags.mig_strategy
     gpu_names = list(config.resources.gpus) or [Resource("*", DEFAULT_GPU_RESOURCE)]
     out: dict[str, list[PhysicalDevice]] = {}
@@ -290,7 +333,7 @@ def _base_devices(gpus: Sequence[Gpu], config: Config) -> dict[str, list[Physica
                 f"GPU {on} and disabled on GPU {off}; use migStrategy mixed, or set every GPU's "
                 "MIG mode alike"
             )
-        profiles = sorted({m.profile_name or "?" for g in gpus for m in g.mig_devices})
+        profiles = sorted({_nvidia_profile(m) or "?" for g in gpus for m in g.mig_devices})
         if len(profiles) > 1:
             raise ResourceError(
                 "migStrategy single needs one MIG profile on the whole node, but the node has "
@@ -309,7 +352,7 @@ def _base_devices(gpus: Sequence[Gpu], config: Config) -> dict[str, list[Physica
             out.setdefault(name, []).append(_physical_gpu(g))
             continue
         for m in g.mig_devices:
-            profile = m.profile_name
+            profile = _nvidia_profile(m)
             if profile is None:
                 raise ResourceError(
                     f"MIG device {m.uuid} on GPU {g.index} has no profile NVML could name; "
@@ -317,6 +360,9 @@ def _base_devices(gpus: Sequence[Gpu], config: Config) -> dict[str, list[Physica
                 )
             if config.resources.mig:
                 name = _match(config.resources.mig, profile)
+                if name is None and _split(m):
+                    notes.append(_left_out(g, m, profile, "no pattern in resources.mig matches it"))
+                    continue
                 if name is None:
                     raise ResourceError(
                         f"MIG device {m.uuid} ({profile}) on GPU {g.index} matches no pattern "
@@ -325,6 +371,11 @@ def _base_devices(gpus: Sequence[Gpu], config: Config) -> dict[str, list[Physica
                     )
             elif strategy == "single":
                 name = DEFAULT_GPU_RESOURCE
+            elif _split(m):
+                notes.append(
+                    _left_out(g, m, profile, "migStrategy mixed names only MIG devices with C == G")
+                )
+                continue
             else:
                 name = mig_resource_name(profile)
             out.setdefault(name, []).append(_physical_mig(g, m))
@@ -368,7 +419,8 @@ def build_inventory(node: Node, config: Config) -> Inventory:
     Raises :class:`ResourceError` when they cannot be advertised together.
     """
     gpus = served_gpus(node, config)
-    base = _base_devices(gpus, config)
+    notes: list[str] = []
+    base = _base_devices(gpus, config, notes)
     sharing = config.sharing
     active = sharing.active
     strategy = sharing.strategy
@@ -376,7 +428,6 @@ def build_inventory(node: Node, config: Config) -> Inventory:
     plugin: dict[str, list[PluginDevice]] = {}
     shared_resources: dict[str, tuple[SharingStrategy, bool]] = {}
     gpu_replicas: dict[str, int] = {}
-    notes: list[str] = []
 
     entries = list(active.resources) if active is not None else []
     if config.gpulet.gpu_replicas and active is None:

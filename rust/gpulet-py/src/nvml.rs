@@ -292,6 +292,14 @@ impl PyMigDevice {
         self.inner.placement_size
     }
     #[getter]
+    fn compute_slices(&self) -> Option<u32> {
+        self.inner.compute_slices
+    }
+    #[getter]
+    fn gpu_instance_slices(&self) -> Option<u32> {
+        self.inner.gpu_instance_slices
+    }
+    #[getter]
     fn memory_bytes(&self) -> u64 {
         self.inner.memory_bytes
     }

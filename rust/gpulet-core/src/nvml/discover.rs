@@ -1,6 +1,6 @@
 //! Discovery: GPUs, MIG state, NVLink and PCIe topology, read-only.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::os::raw::{c_uint, c_ulong};
 use std::ptr;
 
@@ -522,9 +522,14 @@ pub(super) fn mig_profiles(nvml: &Nvml, gpu: u32) -> Result<Vec<MigProfileInfo>>
     Ok(out)
 }
 
-/// Where one GPU instance sits.
+/// `NVML_COMPUTE_INSTANCE_PROFILE_COUNT` of NVML 13 (one past `7_SLICE_NVL`); the loop over
+/// the enum also stops at the first value the library calls out of range.
+const COMPUTE_INSTANCE_PROFILE_COUNT: u32 = 0x9;
+
+/// Where one GPU instance sits, and its handle (valid while NVML is initialised).
 #[derive(Clone, Copy)]
 struct GiPlacement {
+    handle: sys::nvmlGpuInstance_t,
     profile_id: u32,
     start: u32,
     size: u32,
@@ -562,6 +567,7 @@ fn gpu_instances(
             out.insert(
                 gi_info.id,
                 GiPlacement {
+                    handle: gi,
                     profile_id: gi_info.profileId,
                     start: gi_info.placement.start,
                     size: gi_info.placement.size,
@@ -570,6 +576,106 @@ fn gpu_instances(
         }
     }
     Ok(Some(out))
+}
+
+/// (CI profile id, compute slices) of every compute-instance profile a GPU instance offers,
+/// looping the `NVML_COMPUTE_INSTANCE_PROFILE_*` enum; `None` when NVML refuses for lack of
+/// privileges.
+fn ci_profiles(
+    nvml: &Nvml,
+    gi: sys::nvmlGpuInstance_t,
+    index: u32,
+) -> Result<Option<Vec<(u32, u32)>>> {
+    const CALL: &str = "nvmlGpuInstanceGetComputeInstanceProfileInfoV";
+    let f = symbol(
+        &nvml.lib().nvmlGpuInstanceGetComputeInstanceProfileInfoV,
+        CALL,
+        Some(index),
+    )?;
+    let mut out = Vec::new();
+    for profile in 0..COMPUTE_INSTANCE_PROFILE_COUNT {
+        // SAFETY: all-zero is a valid value of this plain C struct.
+        let mut info: sys::nvmlComputeInstanceProfileInfo_v2_t = unsafe { std::mem::zeroed() };
+        info.version = raw::struct_version::<sys::nvmlComputeInstanceProfileInfo_v2_t>(2);
+        let shared = sys::NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED;
+        // SAFETY: a GPU-instance handle NVML returned; NVML reads `version` and fills the struct.
+        let code = unsafe { f(gi, profile, shared, &mut info) };
+        match code {
+            raw::SUCCESS => {
+                if !out.iter().any(|&(id, _)| id == info.id) {
+                    out.push((info.id, info.sliceCount));
+                }
+            }
+            raw::ERROR_NOT_SUPPORTED | raw::ERROR_NOT_FOUND => {}
+            raw::ERROR_INVALID_ARGUMENT => break,
+            raw::ERROR_NO_PERMISSION => return Ok(None),
+            code => return Err(raw::from_code(CALL, Some(index), code)),
+        }
+    }
+    Ok(Some(out))
+}
+
+/// Compute slices of compute instance `ci` of a GPU instance: its CI profile's `sliceCount`
+/// (the profiles cached per GPU-instance profile). `None` when NVML refuses for lack of
+/// privileges.
+fn ci_slices(
+    nvml: &Nvml,
+    gi: &GiPlacement,
+    ci: u32,
+    index: u32,
+    cache: &mut HashMap<u32, Option<Vec<(u32, u32)>>>,
+) -> Result<Option<u32>> {
+    const BY_ID: &str = "nvmlGpuInstanceGetComputeInstanceById";
+    const INFO: &str = "nvmlComputeInstanceGetInfo_v2";
+    let lib = nvml.lib();
+    let by_id = symbol(
+        &lib.nvmlGpuInstanceGetComputeInstanceById,
+        BY_ID,
+        Some(index),
+    )?;
+    let info = symbol(&lib.nvmlComputeInstanceGetInfo_v2, INFO, Some(index))?;
+    let mut handle: sys::nvmlComputeInstance_t = ptr::null_mut();
+    // SAFETY: a GPU-instance handle NVML returned and an out-pointer to a local.
+    match unsafe { by_id(gi.handle, ci, &mut handle) } {
+        raw::SUCCESS => {}
+        raw::ERROR_NO_PERMISSION => return Ok(None),
+        code => return Err(raw::from_code(BY_ID, Some(index), code)),
+    }
+    // SAFETY: all-zero is a valid value of this plain C struct.
+    let mut ci_info: sys::nvmlComputeInstanceInfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: a compute-instance handle NVML just returned.
+    match unsafe { info(handle, &mut ci_info) } {
+        raw::SUCCESS => {}
+        raw::ERROR_NO_PERMISSION => return Ok(None),
+        code => return Err(raw::from_code(INFO, Some(index), code)),
+    }
+    let profiles = match cache.get(&gi.profile_id) {
+        Some(known) => known.clone(),
+        None => {
+            let found = ci_profiles(nvml, gi.handle, index)?;
+            cache.insert(gi.profile_id, found.clone());
+            found
+        }
+    };
+    let Some(profiles) = profiles else {
+        return Ok(None);
+    };
+    match profiles.iter().find(|&&(id, _)| id == ci_info.profileId) {
+        Some(&(_, slices)) => Ok(Some(slices)),
+        // A profile the enum loop did not reach (a newer driver): the placement spans the
+        // compute instance's slices.
+        None if ci_info.placement.size > 0 => Ok(Some(ci_info.placement.size)),
+        None => Err(CoreError::Nvml {
+            call: INFO.to_owned(),
+            gpu: Some(index),
+            code: raw::ERROR_UNKNOWN,
+            message: format!(
+                "compute instance {ci} of GPU instance profile {} has profile {}, which no \
+                 compute-instance profile of the GPU instance names",
+                gi.profile_id, ci_info.profileId
+            ),
+        }),
+    }
 }
 
 type IdFn = unsafe extern "C" fn(sys::nvmlDevice_t, *mut c_uint) -> sys::nvmlReturn_t;
@@ -595,6 +701,7 @@ fn mig_devices(nvml: &Nvml, dev: &Device<'_>, index: u32) -> Result<Vec<MigDevic
         .map_err(|e| wrap("nvmlDeviceGetMaxMigDeviceCount", g, e))?;
     let profiles = profiles(nvml, dev, index)?;
     let instances = gpu_instances(nvml, dev, index, &profiles)?;
+    let mut ci_profile_cache = HashMap::new();
     let mut out = Vec::new();
     for i in 0..max {
         let mig = match dev.mig_device_by_index(i) {
@@ -622,9 +729,12 @@ fn mig_devices(nvml: &Nvml, dev: &Device<'_>, index: u32) -> Result<Vec<MigDevic
             .total;
         let placed = instances.as_ref().and_then(|m| m.get(&gi)).copied();
         let profile_id = placed.map(|p| p.profile_id);
-        let profile_name = profile_id
-            .and_then(|id| profiles.iter().find(|p| p.profile_id == id))
-            .map(|p| p.name.clone());
+        let gi_profile = profile_id.and_then(|id| profiles.iter().find(|p| p.profile_id == id));
+        let profile_name = gi_profile.map(|p| p.name.clone());
+        let compute_slices = match &placed {
+            Some(p) => ci_slices(nvml, p, ci, index, &mut ci_profile_cache)?,
+            None => None,
+        };
         out.push(MigDevice {
             index: i,
             uuid,
@@ -634,6 +744,8 @@ fn mig_devices(nvml: &Nvml, dev: &Device<'_>, index: u32) -> Result<Vec<MigDevic
             profile_name,
             placement_start: placed.map(|p| p.start),
             placement_size: placed.map(|p| p.size),
+            compute_slices,
+            gpu_instance_slices: gi_profile.map(|p| p.compute_slices),
             memory_bytes,
         });
     }

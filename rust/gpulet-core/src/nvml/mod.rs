@@ -121,6 +121,13 @@ pub struct MigDevice {
     pub placement_start: Option<u32>,
     /// Memory slices the GPU instance occupies.
     pub placement_size: Option<u32>,
+    /// Compute slices of the MIG device's compute instance (its CI profile's `sliceCount`).
+    /// `None` only when NVML refuses the instance queries for lack of privileges.
+    pub compute_slices: Option<u32>,
+    /// Compute slices of the GPU instance the MIG device belongs to (its GI profile's
+    /// `sliceCount`); equal to [`Self::compute_slices`] unless the GPU instance is split into
+    /// smaller compute instances. `None` as for [`Self::profile_id`].
+    pub gpu_instance_slices: Option<u32>,
     /// Memory of the MIG device in bytes.
     pub memory_bytes: u64,
 }
