@@ -39,8 +39,6 @@ import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests" / "integration"))
 
-from gpulet.testing.kubelet import KubeletStandin
-
 import gpulet
 from gpulet import alloc, config
 from gpulet._proto.deviceplugin.v1beta1 import api_pb2 as dp
@@ -48,6 +46,7 @@ from gpulet._proto.deviceplugin.v1beta1 import api_pb2_grpc as dp_grpc
 from gpulet.agent.state import AgentState
 from gpulet.deviceplugin import ResponseSettings, build_inventory
 from gpulet.deviceplugin.servicer import DevicePluginServicer
+from gpulet.testing.kubelet import KubeletStandin
 
 Benchmark = Any  # pytest-benchmark's fixture has no public type
 

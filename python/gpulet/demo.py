@@ -25,6 +25,8 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from typing import TextIO
 
+import grpc
+
 import gpulet
 from gpulet.testing.kubelet import KubeletStandin
 
@@ -119,10 +121,12 @@ def run(spec: str = "dgx-h100", out: TextIO = sys.stdout) -> None:
                 say(f"{len(resp.devices)} device nodes")
                 try:
                     plugin.allocate(["GPU-not-on-this-node"])
-                except Exception as e:  # grpc.RpcError, printed as the kubelet would log it
-                    code = getattr(e, "code", lambda: "?")()
-                    details = getattr(e, "details", lambda: str(e))()
-                    say(f"Allocate of an unknown ID -> {code}: {details}")
+                except grpc.RpcError as e:  # printed as the kubelet would log it
+                    if not isinstance(e, grpc.Call):
+                        raise
+                    say(f"Allocate of an unknown ID -> {e.code()}: {e.details()}")
+                else:
+                    raise RuntimeError("the agent accepted a device ID it does not have")
 
                 say("\n== Health: XID 48 (double-bit ECC) injected into GPU 0 from outside")
                 sim.control.inject_xid(0, 48)

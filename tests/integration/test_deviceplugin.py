@@ -1,9 +1,9 @@
 """The device plugin over real unix sockets, driven as the kubelet drives it.
 
 Each test runs the agent (``gpulet.agent.Agent``) on a simulated node (the fake NVML) under a
-short temporary kubelet root, with :mod:`gpulet.testing.kubelet` as the kubelet: per MIG strategy and
-sharing mode, registration and ListAndWatch; GetPreferredAllocation against the allocator;
-Allocate per device-list strategy; every bad input.
+short temporary kubelet root, with :mod:`gpulet.testing.kubelet` as the kubelet: per MIG
+strategy and sharing mode, registration and ListAndWatch; GetPreferredAllocation against the
+allocator; Allocate per device-list strategy; every bad input.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from typing import Any
 
 import grpc
 import pytest
-from gpulet.testing.kubelet import AgentThread, KubeletStandin, PluginClient
 
 import gpulet
 from gpulet import alloc, config
@@ -27,6 +26,7 @@ from gpulet._proto.deviceplugin.v1beta1 import api_pb2 as dp
 from gpulet.agent import Agent, AgentOptions
 from gpulet.alloc import ClaimOwner
 from gpulet.sim import Simulation
+from gpulet.testing.kubelet import AgentThread, KubeletStandin, PluginClient
 
 pytestmark = pytest.mark.usefixtures("fake_library")
 

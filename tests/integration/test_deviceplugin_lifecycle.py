@@ -24,13 +24,13 @@ from typing import Any
 
 import grpc
 import pytest
-from gpulet.testing.kubelet import WAIT, AgentThread, KubeletStandin, pod
 
 import gpulet
 from gpulet import config
 from gpulet.agent import Agent, AgentOptions
 from gpulet.alloc import ContainerOwner
 from gpulet.deviceplugin.server import SocketPathError
+from gpulet.testing.kubelet import WAIT, AgentThread, KubeletStandin, pod
 
 pytestmark = pytest.mark.usefixtures("fake_library")
 
