@@ -27,25 +27,55 @@ func TestDevicePlugin(t *testing.T) {
 	h.startKubelet()
 	h.startGpulet()
 
+	anyResource := func(pred func(*ResourceExpect) bool) bool {
+		for _, name := range h.e.ResourceNames() {
+			if pred(h.e.Resources[name]) {
+				return true
+			}
+		}
+		return false
+	}
 	steps := []struct {
 		name string
 		fn   func(*testing.T, *harness)
 		gate bool // later steps make no sense if this one fails
+		// why the step does not apply to this scenario ("" when it does); such a step is not
+		// created at all, so a run shows only steps that checked something
+		outOfScope string
 	}{
-		{"Registration", testRegistration, true},
-		{"ListAndWatch", testListAndWatch, true},
-		{"GetPreferredAllocation", testPreferredAllocation, false},
-		{"Allocate", testAllocate, false},
-		{"PreStartContainer", testPreStart, false},
-		{"HealthChangeAndRecovery", testHealth, false},
-		{"KubeletRestart", testKubeletRestart, false},
-		{"Shutdown", testShutdown, false},
+		{"Registration", testRegistration, true, ""},
+		{"ListAndWatch", testListAndWatch, true, ""},
+		{"GetPreferredAllocation", testPreferredAllocation, false, unless(
+			anyResource(func(r *ResourceExpect) bool { return r.PreferredAllocation }),
+			"no resource offers GetPreferredAllocation (checked at registration)")},
+		{"Allocate", testAllocate, false, ""},
+		{"PreStartContainer", testPreStart, false, unless(
+			anyResource(func(r *ResourceExpect) bool { return r.PreStartRequired }),
+			"no resource asks for PreStartContainer (checked at registration)")},
+		{"HealthChangeAndRecovery", testHealth, false, unless(
+			h.e.Health != nil && !h.s.Skip["health"],
+			"the scenario has no health check (no health section, or "+EnvSkip+" names it)")},
+		{"KubeletRestart", testKubeletRestart, false, unless(
+			!h.s.Skip["restart"], EnvSkip+" names restart")},
+		{"Shutdown", testShutdown, false, ""},
 	}
 	for _, st := range steps {
+		if st.outOfScope != "" {
+			t.Logf("%s: not part of this scenario: %s", st.name, st.outOfScope)
+			continue
+		}
 		if !t.Run(st.name, func(t *testing.T) { st.fn(t, h) }) && st.gate {
 			t.Fatalf("%s failed; the later steps need it", st.name)
 		}
 	}
+}
+
+// unless returns why a step is out of scope when applies is false, and "" when it applies.
+func unless(applies bool, why string) string {
+	if applies {
+		return ""
+	}
+	return why
 }
 
 // TestStartBeforeKubelet starts gpulet where no kubelet listens yet, then starts the kubelet
@@ -330,7 +360,7 @@ func testPreferredAllocation(t *testing.T, h *harness) {
 		}
 	}
 	if !ran {
-		t.Skip("no resource offers GetPreferredAllocation")
+		t.Fatal("the expectations promise GetPreferredAllocation but no registered resource offers it")
 	}
 }
 
@@ -552,7 +582,7 @@ func testPreStart(t *testing.T, h *harness) {
 		cancel()
 	}
 	if !ran {
-		t.Skip("no resource asks for PreStartContainer")
+		t.Fatal("the expectations promise PreStartContainer but no registered resource asks for it")
 	}
 }
 
@@ -568,11 +598,7 @@ func countHealth(p *Plugin) (healthy, unhealthy []string) {
 }
 
 func testHealth(t *testing.T, h *harness) {
-	h.skipIfAsked(t, "health")
 	he := h.e.Health
-	if he == nil {
-		t.Skip("the expectations file has no health scenario")
-	}
 	if h.s.Control == "" {
 		t.Fatalf("%s is unset: the health scenario injects faults through it. Set it to the control "+
 			"command prefix (see tests/conformance/README.md), or name \"health\" in %s to leave the scenario out deliberately", EnvControl, EnvSkip)
@@ -641,7 +667,6 @@ func testHealth(t *testing.T, h *harness) {
 }
 
 func testKubeletRestart(t *testing.T, h *harness) {
-	h.skipIfAsked(t, "restart")
 	limit := time.Duration(h.e.KubeletRestart.MaxSeconds * float64(time.Second))
 	for _, downtime := range []time.Duration{0, time.Duration(h.e.KubeletRestart.DowntimeMS) * time.Millisecond} {
 		label := "immediate"
