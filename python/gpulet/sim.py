@@ -424,7 +424,7 @@ def simulated(
 
 def _control_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m gpulet.sim",
+        prog="python -m gpulet.fakectl",
         description="Drive a running simulated node from outside its processes.",
     )
     p.add_argument("--spec", required=True, help="the node spec (shipped name or path)")
@@ -465,7 +465,7 @@ def _control_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m gpulet.sim --spec S [--state F] COMMAND ...``: one control command."""
+    """``python -m gpulet.fakectl --spec S [--state F] COMMAND ...``: one control command."""
     args = _control_parser().parse_args(argv)
     try:
         ctl = FakeNvml(args.spec, args.state or os.environ.get(ENV_STATE) or None)
@@ -495,7 +495,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gpulet.sim: {e}", file=sys.stderr)
         return 2
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

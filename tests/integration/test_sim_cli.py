@@ -1,4 +1,4 @@
-"""``python -m gpulet.sim``: the control interface from the shell, as other processes use it."""
+"""``python -m gpulet.fakectl``: the control interface from the shell, as other processes use it."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import gpulet
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "gpulet.sim", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "gpulet.fakectl", *args], capture_output=True, text=True, timeout=120
     )
 
 
