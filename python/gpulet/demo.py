@@ -105,14 +105,19 @@ def run(spec: str = "dgx-h100", out: TextIO = sys.stdout) -> None:
 
                 ids = [d.ID for d in devices]
                 say("\n== GetPreferredAllocation (the allocation core; topology cached)")
-                for size in (2, 4, 8):
+                for size in (n for n in (2, 4, 8) if n <= len(ids)):
                     chosen = plugin.preferred(ids, [], size)
                     say(f"size {size}: GPUs {sorted(uuid_index[i] for i in chosen)}")
-                chosen = plugin.preferred(ids, [ids[5]], 2)
-                say(f"size 2 that must include GPU 5: GPUs {sorted(uuid_index[i] for i in chosen)}")
+                if len(ids) >= 2:
+                    must = len(ids) - 1
+                    chosen = plugin.preferred(ids, [ids[must]], 2)
+                    say(
+                        f"size 2 that must include GPU {uuid_index[ids[must]]}: "
+                        f"GPUs {sorted(uuid_index[i] for i in chosen)}"
+                    )
 
                 say("\n== Allocate")
-                pair = plugin.preferred(ids, [], 2)
+                pair = plugin.preferred(ids, [], min(2, len(ids)))
                 resp = plugin.allocate(pair).container_responses[0]
                 for k, v in sorted(resp.envs.items()):
                     say(f"env {k}={v}")

@@ -16,8 +16,19 @@ def test_demo_tour_on_dgx_h100() -> None:
     assert "GET /readyz -> 200" in text
     assert "ListAndWatch: 8 devices, all Healthy; per NUMA node {0: 4, 1: 4}" in text
     assert "size 8: GPUs [0, 1, 2, 3, 4, 5, 6, 7]" in text
+    assert "size 2 that must include GPU 7: GPUs [" in text
     assert "env NVIDIA_VISIBLE_DEVICES=GPU-" in text
     assert "Allocate of an unknown ID -> StatusCode.INVALID_ARGUMENT" in text
     assert "ListAndWatch: GPU 0 (GPU-" in text
     assert "is Unhealthy" in text
     assert text.rstrip().endswith("its sockets are gone: []")
+
+
+def test_demo_tour_on_a_single_gpu_node() -> None:
+    out = io.StringIO()
+    demo.run("single-t4", out)
+    text = out.getvalue()
+    assert "ListAndWatch: 1 devices, all Healthy" in text
+    assert "size 2" not in text
+    assert "env NVIDIA_VISIBLE_DEVICES=GPU-" in text
+    assert "is Unhealthy" in text
