@@ -281,3 +281,22 @@ def test_watch_wakes_on_health_changes(dgx_h100: Node) -> None:
             return s.generation - generation
 
     assert asyncio.run(scenario()) == 1
+
+
+def test_allocate_of_an_attributed_owners_devices_is_a_new_pending_owner(dgx_h100: Node) -> None:
+    # Pod X held a and is gone; the kubelet gives a to pod Y. That Allocate is no repeat: it
+    # must be recorded (and survive a List asked for before it), not left to X.
+    s = make(dgx_h100)
+    a = ids(s)[0]
+    s.allocate(GPU, [[a]])
+    s.reconcile([ContainerDevices("ns", "x", "main", GPU, (a,))], s.mark())
+    assert s.holder(a) == ContainerOwner("ns", "x", "main")
+    mark = s.mark()
+    s.allocate(GPU, [[a]])  # pod Y, after the List was asked for
+    owner = s.holder(a)
+    assert owner is not None
+    assert owner.namespace == PENDING_NAMESPACE
+    assert s.ledger.holder_of(a) == owner
+    s.reconcile([], mark)  # the List: X gone, Y not yet listed
+    assert s.holder(a) == owner
+    assert s.ledger.holder_of(a) == owner

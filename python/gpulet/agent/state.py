@@ -367,8 +367,8 @@ class AgentState:
         """Record what the kubelet assigned to each container of one Allocate call.
 
         All or nothing: on any refusal (:class:`AllocationError`) nothing is recorded. A repeat
-        (every device already held by one owner, as when the kubelet calls again for the same
-        devices) records nothing new.
+        (every device already held by one pending owner, as when the kubelet calls again for
+        the same devices) records nothing new.
         """
         checked = [self.check(resource, ids) for ids in requests]
         with self._lock:
@@ -394,8 +394,11 @@ class AgentState:
         return checked
 
     def _is_repeat(self, devices: Sequence[PluginDevice]) -> bool:
+        # Only a pending owner's devices repeat (init container devices reused): devices of a
+        # container PodResources named were reassigned by the kubelet, its old owner is gone.
         holders = {id(self._holder.get(d.id)) for d in devices}
-        return len(holders) == 1 and self._holder.get(devices[0].id) is not None
+        first = self._holder.get(devices[0].id)
+        return len(holders) == 1 and first is not None and first.pending
 
     def _assign(
         self, owner: ContainerOwner, devices: Sequence[PluginDevice], *, pending: bool
