@@ -28,6 +28,7 @@ from typing import TextIO
 import grpc
 
 import gpulet
+from gpulet.sim import FakeLibraryNotFoundError, SpecError
 from gpulet.testing.kubelet import KubeletStandin
 
 __all__ = ["main", "run"]
@@ -149,7 +150,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gpulet.demo", description=__doc__)
     parser.add_argument("--spec", default="dgx-h100", help="shipped node name or spec path")
     args = parser.parse_args(argv)
-    run(args.spec)
+    try:
+        run(args.spec)
+    except (SpecError, FakeLibraryNotFoundError) as e:
+        print(f"gpulet.demo: --spec {args.spec}: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 
+import pytest
+
 from gpulet import demo
 
 
@@ -32,3 +34,10 @@ def test_demo_tour_on_a_single_gpu_node() -> None:
     assert "size 2" not in text
     assert "env NVIDIA_VISIBLE_DEVICES=GPU-" in text
     assert "is Unhealthy" in text
+
+
+def test_demo_names_a_bad_spec(capsys: pytest.CaptureFixture[str]) -> None:
+    assert demo.main(["--spec", "no-such-node"]) == 2
+    err = capsys.readouterr().err
+    assert "--spec no-such-node" in err
+    assert "dgx-h100" in err  # the shipped specs are listed
