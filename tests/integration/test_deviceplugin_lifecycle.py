@@ -96,16 +96,19 @@ def test_a_removed_socket_is_served_again(root: pathlib.Path) -> None:
         with AgentThread(agent):
             first = kubelet.wait_for_registrations([GPU])[GPU]
             socket = root / "device-plugins" / first.endpoint
-            inode = socket.stat().st_ino
-            count = len(kubelet.registrations)
+            unlinked_at = time.monotonic()
             socket.unlink()
-            with kubelet._cond:
-                kubelet._cond.wait_for(lambda: len(kubelet.registrations) > count, timeout=WAIT)
-            assert len(kubelet.registrations) > count
+
+            def registered_again() -> bool:
+                return any(r.resource == GPU and r.at > unlinked_at for r in kubelet.registrations)
+
+            # Only a registration after the unlink counts: a late one from start-up would not
+            # prove the socket was served again.
+            kubelet.wait_until(registered_again)
+            # The agent serves before it registers, so the new socket is there.
             assert stat.S_ISSOCK(socket.stat().st_mode)
             with kubelet.plugin(GPU) as p:
                 assert len(p.devices()) == 1
-            del inode
 
 
 def test_gpulet_waits_for_a_kubelet_that_starts_later(root: pathlib.Path) -> None:
@@ -165,8 +168,7 @@ def test_pod_resources_attribution_and_release(root: pathlib.Path) -> None:
                 p.allocate([ids[0], ids[1]])
                 p.allocate([ids[4]])
             # Allocate makes the agent ask PodResources soon after.
-            with kubelet._cond:
-                assert kubelet._cond.wait_for(lambda: kubelet.list_calls > calls, timeout=WAIT)
+            kubelet.wait_until(lambda: kubelet.list_calls > calls)
             kubelet.set_pods(
                 [
                     pod(
@@ -250,10 +252,7 @@ def test_restart_plugins_registers_again(root: pathlib.Path) -> None:
             kubelet.wait_for_registrations([GPU])
             count = len(kubelet.registrations)
             thread.call(agent.restart_plugins())
-            with kubelet._cond:
-                assert kubelet._cond.wait_for(
-                    lambda: len(kubelet.registrations) > count, timeout=WAIT
-                )
+            kubelet.wait_until(lambda: len(kubelet.registrations) > count)
 
 
 def test_gpulet_simulate_serves_registers_and_cleans_up(root: pathlib.Path) -> None:

@@ -97,6 +97,7 @@ class _PodResources(pr_grpc.PodResourcesListerServicer):
     ) -> pr.ListPodResourcesResponse:
         with self.kubelet._cond:
             self.kubelet.list_calls += 1
+            self.kubelet._cond.notify_all()
             return pr.ListPodResourcesResponse(pod_resources=list(self.kubelet.pods))
 
     def GetAllocatableResources(self, request: Any, context: Any) -> Any:
@@ -229,6 +230,12 @@ class KubeletStandin:
                         f"{timeout}s (seen: {sorted(got)})"
                     )
                 self._cond.wait(left)
+
+    def wait_until(self, condition: Callable[[], bool], timeout: float = WAIT) -> None:
+        """Wait until ``condition()`` holds, re-checked on every registration and List call."""
+        with self._cond:
+            if not self._cond.wait_for(condition, timeout=timeout):
+                raise TimeoutError(f"condition not met within {timeout}s")
 
     def plugin(self, resource: str) -> PluginClient:
         """A client of the plugin that registered ``resource`` (last registration)."""
