@@ -300,3 +300,51 @@ def test_allocate_of_an_attributed_owners_devices_is_a_new_pending_owner(dgx_h10
     s.reconcile([], mark)  # the List: X gone, Y not yet listed
     assert s.holder(a) == owner
     assert s.ledger.holder_of(a) == owner
+
+
+def _replicas(state: AgentState) -> dict[int, list[str]]:
+    by_gpu: dict[int, list[str]] = {}
+    for i in ids(state):
+        by_gpu.setdefault(state.inventory.by_id[i].physical.gpu_index, []).append(i)
+    return by_gpu
+
+
+def test_preferred_replicas_count_what_the_kubelet_does_not_offer_as_in_use(dgx_h100: Node) -> None:
+    # The records hold nothing (say they were lost), but the kubelet offers only one replica of
+    # each of GPUs 0-3: their other replicas are in use. NVIDIA's plugin counts those as used;
+    # so must gpulet, and prefer the idle GPUs 4-7.
+    s = make(dgx_h100, sharing={"timeSlicing": {"resources": [{"name": GPU, "replicas": 4}]}})
+    stale: list[int] = []
+    s.on_stale = lambda: stale.append(1)
+    by_gpu = _replicas(s)
+    available = [r for g in range(4) for r in by_gpu[g][:1]]
+    available += [r for g in range(4, 8) for r in by_gpu[g]]
+    got = s.preferred(GPU, available, [], 4)
+    assert {s.inventory.by_id[i].physical.gpu_index for i in got} == {4, 5, 6, 7}
+    assert stale, "a disagreement with the records asks for a reconciliation"
+
+
+def test_preferred_replicas_trust_the_kubelet_over_stale_records(dgx_h100: Node) -> None:
+    # The records say two replicas of GPU 0 are held, but the pod is gone: the kubelet offers
+    # every replica. GPU 0 is as free as the others; under "packed" its replicas come first.
+    s = make(
+        dgx_h100,
+        flags={"plugin": {"sharedDevicesAllocationPolicy": "packed"}},
+        sharing={"timeSlicing": {"resources": [{"name": GPU, "replicas": 4}]}},
+    )
+    by_gpu = _replicas(s)
+    # Ties go to the lowest UUID; hold two replicas on the GPU with the highest one.
+    order = sorted(range(8), key=lambda g: dgx_h100.gpus[g].uuid)
+    first, held = order[0], order[-1]
+    s.allocate(GPU, [by_gpu[held][:2]])
+    stale: list[int] = []
+    s.on_stale = lambda: stale.append(1)
+    got = s.preferred(GPU, ids(s), [], 2)
+    # With the stale records, "packed" would fill the GPU with two held already; the kubelet
+    # says nothing is in use, so the tie-break decides.
+    assert {s.inventory.by_id[i].physical.gpu_index for i in got} == {first}
+    assert stale
+    # When the views agree, nothing is asked for.
+    stale.clear()
+    s.preferred(GPU, [i for i in ids(s) if i not in by_gpu[held][:2]], [], 2)
+    assert not stale

@@ -24,7 +24,7 @@ import collections
 import contextlib
 import logging
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -183,6 +183,11 @@ class AgentState:
                 self._physical[m.uuid] = m.uuid
                 self._physical[f"{g.index}:{m.index}"] = m.uuid
         self._gpu_index = {g.uuid: g.index for g in node.gpus}
+        self._totals: dict[str, dict[str, int]] = {}
+        self._last_disagreement: tuple[tuple[str, tuple[int, int]], ...] | None = None
+        #: Called when the kubelet's view of devices in use differs from the records (the
+        #: agent reconciles with PodResources soon after).
+        self.on_stale: Callable[[], None] | None = None
 
     # --- change notification -----------------------------------------------------------
 
@@ -311,11 +316,61 @@ class AgentState:
                 size,
                 required,
                 policy=self.config.flags.plugin.shared_devices_allocation_policy,
-                allocated=self._held_per_gpu(spec),
+                allocated=self._in_use_per_gpu(spec, available, required),
                 parents=parents,
             )
         except (InvalidArgumentError, InfeasibleError) as e:
             raise AllocationError("invalid-argument", str(e)) from None
+
+    def _per_gpu_totals(self, spec: ResourceSpec) -> dict[str, int]:
+        """How many devices ``spec`` advertises on each physical GPU (cached per resource)."""
+        totals = self._totals.get(spec.name)
+        if totals is None:
+            totals = dict(collections.Counter(d.physical.gpu_uuid for d in spec.devices))
+            self._totals[spec.name] = totals
+        return totals
+
+    def _in_use_per_gpu(
+        self, spec: ResourceSpec, available: Sequence[str], required: Sequence[str]
+    ) -> dict[str, int]:
+        """Devices in use on each GPU, as the kubelet sees it.
+
+        The kubelet is the source of truth, as for NVIDIA's plugin: a device it does not offer
+        (neither in ``available`` nor in ``required``) is in use, whatever the records say.
+        When the records disagree (they went stale, or the kubelet knows of an assignment not
+        reconciled yet), that is logged and a PodResources reconciliation is asked for.
+        """
+        offered = collections.Counter(
+            spec.by_id[i].physical.gpu_uuid for i in {*available, *required}
+        )
+        totals = self._per_gpu_totals(spec)
+        kubelet = {g: n - offered.get(g, 0) for g, n in totals.items()}
+        recorded = self._held_per_gpu(spec)
+        differ = {
+            g: (recorded.get(g, 0), n)
+            for g, n in kubelet.items()
+            if recorded.get(g, 0) != n and g in offered
+        }
+        if differ:
+            key = tuple(sorted(differ.items()))
+            if key != self._last_disagreement:
+                self._last_disagreement = key
+                shown = ", ".join(
+                    f"{g}: {r} recorded, {k} per the kubelet" for g, (r, k) in key[:4]
+                )
+                more = f" (and {len(key) - 4} more GPUs)" if len(key) > 4 else ""
+                log.info(
+                    "%s: the kubelet's view of devices in use differs from the records (%s%s); "
+                    "using the kubelet's and reconciling",
+                    spec.name,
+                    shown,
+                    more,
+                )
+            if self.on_stale is not None:
+                self.on_stale()
+        else:
+            self._last_disagreement = None
+        return kubelet
 
     def _held_per_gpu(self, spec: ResourceSpec) -> dict[str, int]:
         counts: dict[str, int] = {}
