@@ -799,8 +799,8 @@ def test_every_listed_call_is_exported(kit):
 
 # --- MIG against an independent model of the H100 tables --------------------------------------
 
-# H100 80GB (docs: shared/reference/mig-geometry.md 3.4): profile id -> (memory slices,
-# compute slices, max instances, placements).
+# H100 80GB (docs/mig-catalog.md; `nvidia-smi mig -lgipp` on an H100): profile id -> (memory
+# slices, compute slices, max instances, placements).
 H100_GEOMETRY = {
     19: (1, 1, 7, range(7)),
     20: (1, 1, 1, range(7)),

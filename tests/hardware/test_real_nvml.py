@@ -1,7 +1,8 @@
 """Discovery and read-only MIG queries against a real driver, compared with gpulet's tables.
 
 Run on any machine with an NVIDIA GPU: ``.venv/bin/pytest tests/hardware -v -s``. The printed
-lines are what the issue notes record.
+lines are the run's record of what the driver reported: keep them with the change the run checks
+(a pull request, or a new row of docs/mig-catalog.md).
 """
 
 from __future__ import annotations

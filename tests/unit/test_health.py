@@ -103,12 +103,12 @@ def xid(gpu: int | None, n: int, gi: int | None = None, ci: int | None = None) -
 
 # ---- the policy ----------------------------------------------------------------------------
 
-BRIEF_XIDS = [13, 31, 32, 38, 43, 44, 45, 48, 61, 62, 63, 64, 68, 69, 74, 79, 92, 94, 95, 109]
-BRIEF_XIDS += [119, 120, 121, 140, 143, *range(144, 151), 154]
+NOTABLE_XIDS = [13, 31, 32, 38, 43, 44, 45, 48, 61, 62, 63, 64, 68, 69, 74, 79, 92, 94, 95, 109]
+NOTABLE_XIDS += [119, 120, 121, 140, 143, *range(144, 151), 154]
 
 
 def test_the_catalog_table_covers_the_xids_that_matter() -> None:
-    for n in BRIEF_XIDS:
+    for n in NOTABLE_XIDS:
         info = XID_CATALOG[n]
         assert info.xid == n
         assert info.description

@@ -145,8 +145,8 @@ def test_validate_accepts_valid_layouts_and_resource_spellings() -> None:
 
 
 def test_layout_counts_match_the_reference() -> None:
-    """mig-geometry.md 3.6. The reference's 297 partial layouts and 37 multisets exclude the
-    empty layout, which gpulet lists (first)."""
+    """docs/mig-catalog.md, "Layout counts". Its 297 partial layouts and 37 multisets exclude
+    the empty layout, which gpulet lists (first)."""
     all_ = mig.layouts(A100_40, A100_BASE)
     assert len(all_) == 298
     assert len(all_[0]) == 0

@@ -27,7 +27,7 @@ from gpulet.mig import (
     write_mig_parted,
 )
 
-# The example of mig-geometry.md 3.7 (NVIDIA mig-parted README / examples/config.yaml).
+# A config in the shape of NVIDIA mig-parted's README and examples/config.yaml.
 EXAMPLE = """
 version: v1
 mig-configs:

@@ -23,7 +23,7 @@ def dgx1() -> Topology:
     )
 
 
-def test_the_design_example_builds() -> None:
+def test_a_hand_written_topology_builds() -> None:
     t = dgx1()
     assert t.gpu_count == 8
     assert t.nvlinks(0, 3) == 2

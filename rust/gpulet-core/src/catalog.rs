@@ -7,7 +7,8 @@
 //! MIG placements are in memory slices (NVML's `nvmlGpuInstancePlacement_t`); compute slices
 //! are accounted separately. Profile ids are NVML's device-unique ids (the ones `nvidia-smi mig
 //! -lgip` prints), and `nvml_profile` is the `NVML_GPU_INSTANCE_PROFILE_*` enum value used to
-//! query them. Sources for each table are in `shared/reference/mig-geometry.md`; where the
+//! query them. docs/mig-catalog.md names the upstream source of each table (NVIDIA's MIG user
+//! guide, mig-parted's default config, `nvidia-smi mig -lgip`/`-lgipp` listings); where the
 //! sources give no figure (SM counts of the larger Blackwell parts, exact MiB of H200/B200
 //! profiles), the value is an estimate scaled from the H100 table and marked so.
 
@@ -569,7 +570,7 @@ static H100_NVL_PROFILES: [MigProfile; 7] = hopper_like(
     HOPPER_SMS,
 );
 
-// H200 MiB figures are estimates scaled from H100 (no -lgip transcript in the references).
+// H200 MiB figures are estimates scaled from H100 (no published `-lgip` listing for H200).
 static H200_PROFILES: [MigProfile; 7] = hopper_like(
     [
         "1g.18gb",
@@ -584,7 +585,7 @@ static H200_PROFILES: [MigProfile; 7] = hopper_like(
     HOPPER_SMS,
 );
 
-// B200 and GB200: MiB and SM counts are estimates (148 SMs in all; no -lgip in the references).
+// B200 and GB200: MiB and SM counts are estimates (148 SMs in all; no published `-lgip` listing).
 const BLACKWELL_SMS: [u32; 7] = [18, 18, 18, 36, 54, 72, 148];
 
 static B200_PROFILES: [MigProfile; 7] = hopper_like(

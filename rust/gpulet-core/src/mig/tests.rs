@@ -79,8 +79,8 @@ fn every_catalog_model_builds() {
 
 #[test]
 fn layout_counts_match_mig_geometry_reference() {
-    // mig-geometry.md 3.6. Our "all layouts" include the empty layout; the reference's 297
-    // placement-distinct partial layouts and 37 multisets do not.
+    // docs/mig-catalog.md, "Layout counts". Our "all layouts" include the empty layout; the
+    // counts of 297 placement-distinct partial layouts and 37 multisets do not.
     let all = layouts(A100_40, Some(&BASE_A100_40), false).unwrap();
     assert_eq!(all.len(), 298);
     assert!(all[0].is_empty());
