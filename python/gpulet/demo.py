@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -89,7 +90,14 @@ def run(spec: str = "dgx-h100", out: TextIO = sys.stdout) -> None:
         with KubeletStandin(root) as kubelet, _agent(spec, root, port, dict(sim.env)):
             reg = kubelet.wait_for_registrations([RESOURCE], timeout=60)[RESOURCE]
             say(f"registered {reg.resource} (API {reg.version}) on device-plugins/{reg.endpoint}")
-            status, body = _get(f"http://127.0.0.1:{port}/readyz")
+            # Ready once the agent has seen the registration succeed (a moment after the
+            # kubelet recorded it).
+            url = f"http://127.0.0.1:{port}/readyz"
+            deadline = time.monotonic() + 60
+            status, body = _get(url)
+            while status != 200 and time.monotonic() < deadline:
+                time.sleep(0.05)
+                status, body = _get(url)
             say(f"GET /readyz -> {status} {body}")
 
             with kubelet.plugin(RESOURCE) as plugin:

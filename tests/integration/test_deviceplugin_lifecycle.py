@@ -240,6 +240,8 @@ def test_readyz_ready_when_serving(root: pathlib.Path) -> None:
         with AgentThread(agent):
             port = agent.http_port
             assert port is not None
+            # Ready once registered with the kubelet (registration runs after start returns).
+            wait_until(lambda: http_get(port, "/readyz")[0] == 200, "ready")
             status, body = http_get(port, "/readyz")
             assert status == 200
             assert "nvidia.com/gpu (1)" in body

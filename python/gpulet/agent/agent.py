@@ -1,16 +1,19 @@
 """The agent process: NVML, state, CDI, the device-plugin servers, and the kubelet.
 
-Start-up, in the order DESIGN.md fixes: wait for NVML (NotReady with the reason meanwhile, or
-exit under ``failOnInitError``); build the inventory and the state (topology prepared once);
-(checkpoint: later) reconcile with PodResources; write the CDI spec; serve one gRPC server per
-resource; register each with the kubelet.
+Start-up, in the order docs/architecture.md explains: take the agent lock of the kubelet root
+(a second agent on the same root waits, NotReady, until the first one exits); wait for NVML
+(NotReady with the reason meanwhile, or exit under ``failOnInitError``); build the inventory
+and the state (topology prepared once); (checkpoint: later) reconcile with PodResources; write
+the CDI spec; serve one gRPC server per resource; register each with the kubelet.
 
 Then the agent lives on events, not polling: an inotify watch on the device-plugins directory
 re-registers every resource as soon as the kubelet's ``kubelet.sock`` is created again (a
 kubelet restart), and restarts a server whose socket was removed (a starting kubelet removes
-them all). A failed registration is retried with backoff until the next kubelet socket appears.
-PodResources is reconciled shortly after each Allocate and at an interval. On stop every server
-stops and its socket is removed.
+them all). A server that cannot be served again (say the directory is briefly not writable)
+and a failed registration are retried with backoff; meanwhile ``/readyz`` says NotReady and
+why. PodResources is reconciled shortly after each Allocate and at an interval. SIGHUP
+(:meth:`Agent.reload`) applies a re-read config, or keeps the old one when the new one is bad.
+On stop every server stops and its socket is removed, within a bounded time whatever NVML does.
 """
 
 from __future__ import annotations
@@ -20,32 +23,74 @@ import contextlib
 import logging
 import os
 import pathlib
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import gpulet
 from gpulet import alloc, cdi
 from gpulet._core import Node
 from gpulet.agent.http import ProbeServer
 from gpulet.agent.inotify import DirEvent, DirWatcher
+from gpulet.agent.lock import AgentLock, lock_path
 from gpulet.agent.state import AgentState, ReconcileReport
 from gpulet.alloc import Ledger
 from gpulet.config import Config
 from gpulet.deviceplugin.podresources import PodResourcesClient, PodResourcesError
 from gpulet.deviceplugin.registration import RegistrationError, register
-from gpulet.deviceplugin.resources import Inventory, build_inventory
+from gpulet.deviceplugin.resources import Inventory, ResourceSpec, build_inventory
 from gpulet.deviceplugin.responses import ResponseSettings
 from gpulet.deviceplugin.server import PluginServer
+from gpulet.errors import GpuletError
 from gpulet.readiness import NvmlProbe, Readiness
 
-__all__ = ["DEFAULT_CDI_ROOT", "Agent", "AgentOptions"]
+__all__ = ["DEFAULT_CDI_ROOT", "Agent", "AgentOptions", "StartupError"]
+
+T = TypeVar("T")
 
 log = logging.getLogger("gpulet.agent")
 
 DEFAULT_CDI_ROOT = "/var/run/cdi"
 _CDI_STRATEGIES = {"cdi-annotations", "cdi-cri"}
+#: Backoff of serving again and registering again: first delay, cap.
+_RETRY_FIRST, _RETRY_CAP = 0.05, 30.0
+
+
+class StartupError(GpuletError):
+    """The agent cannot start: a port in use, a directory it cannot write, a squatted path."""
+
+
+async def off_loop(fn: Callable[[], T], name: str = "gpulet-nvml") -> T:
+    """Run ``fn`` in a daemon thread and await its result.
+
+    Unlike ``asyncio.to_thread``, the thread is not joined when the loop shuts down: an NVML
+    call that hangs (``nvmlInit`` on a wedged driver) cannot hold the process past SIGTERM.
+    Cancelling the await abandons the thread; its result is dropped.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(ok: bool, value: Any) -> None:
+        if future.done():
+            return
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+    def run() -> None:
+        try:
+            result: Any = fn()
+            ok = True
+        except BaseException as e:
+            result, ok = e, False
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, ok, result)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return await future
 
 
 @dataclass(frozen=True)
@@ -72,7 +117,15 @@ class AgentOptions:
     register_timeout: float = 5.0
     #: Probe endpoint (``/healthz``, ``/readyz``); ``None``: off.
     http_port: int | None = None
+    #: The address the probe endpoint binds (``0.0.0.0``: every interface, so that the kubelet
+    #: and Prometheus reach it on the node's address under ``hostNetwork``).
     http_host: str = "0.0.0.0"
+    #: The agent lock (one agent per kubelet root); ``None``: no lock.
+    lock_path: pathlib.Path | None = None
+    #: Seconds to wait for another agent's lock before giving up (``None``: wait for ever).
+    lock_wait: float | None = None
+    #: Seconds stop() waits for the health monitor (a hung NVML call is abandoned after it).
+    stop_timeout: float = 5.0
 
     @property
     def plugin_dir(self) -> pathlib.Path:
@@ -99,6 +152,7 @@ class AgentOptions:
             "hook_path": config.flags.plugin.nvidia_ctk_path,
             "http_port": port if port else None,
             "http_host": http_host,
+            "lock_path": lock_path(root),
         }
         values.update(overrides)
         return cls(**values)
@@ -139,6 +193,9 @@ class AgentStats:
 
     registrations: int = 0
     registration_failures: int = 0
+    serve_failures: int = 0
+    reloads: int = 0
+    reload_failures: int = 0
     kubelet_restarts: int = 0
     server_restarts: int = 0
     reconciliations: int = 0
@@ -194,18 +251,50 @@ class Agent:
         self._kicked = False
         self._serving_since: float | None = None
         self._stopping = False
+        self._lock = AgentLock(self.options.lock_path) if self.options.lock_path else None
+        self._lock_waiting: str | None = None
+        self._serve_errors: dict[str, str] = {}
+        self._retry: asyncio.Event | None = None
+        #: Why the last SIGHUP's config was refused (``None``: the last one was applied).
+        self.last_reload_error: str | None = None
         self.registered = asyncio.Event()
 
     # --- readiness ---------------------------------------------------------------------
 
     @property
     def readiness(self) -> Readiness:
-        """NotReady while NVML is missing or the servers are not up; the reason says why."""
+        """Ready only while every resource is served and registered with the current kubelet;
+        otherwise NotReady with the reason (NVML missing, waiting for another agent's lock, a
+        socket that cannot be served, a registration not done yet)."""
+        now = time.monotonic()
+        if self._lock_waiting is not None:
+            return Readiness(False, self._lock_waiting, now)
         probe = self._probe.readiness
         if not probe.ready:
             return probe
         if self._serving_since is None or self.inventory is None:
             return Readiness(False, "starting the device-plugin servers", probe.since)
+        if self._lock is not None and not self._lock.still_held():
+            return Readiness(
+                False,
+                f"the agent lock {self._lock.path} was removed while held: another agent may "
+                "serve this kubelet root",
+                now,
+            )
+        down = [n for n, server in self.servers.items() if not server.serving]
+        if down:
+            why = "; ".join(f"{n}: {self._serve_errors.get(n, 'starting')}" for n in down)
+            return Readiness(False, f"not serving {why} (retrying)", now)
+        unregistered = [
+            n for n, reg in self._registrations.items() if reg.generation != self._generation
+        ]
+        if unregistered:
+            where = (
+                "registering with the kubelet"
+                if self.options.kubelet_socket.exists()
+                else f"waiting for the kubelet ({self.options.kubelet_socket} is not there)"
+            )
+            return Readiness(False, f"{where}: {', '.join(unregistered)} not registered", now)
         names = ", ".join(f"{r.name} ({len(r.devices)})" for r in self.inventory.resources)
         return Readiness(True, f"serving {names or 'no resources'}", self._serving_since)
 
@@ -215,9 +304,39 @@ class Agent:
 
     # --- start-up ----------------------------------------------------------------------
 
+    async def _take_lock(self) -> None:
+        """Take the agent lock, waiting (NotReady) while another agent holds it."""
+        lock = self._lock
+        if lock is None:
+            return
+        started = time.monotonic()
+        next_log = started
+        try:
+            while not lock.try_acquire():
+                now = time.monotonic()
+                self._lock_waiting = (
+                    f"waiting for the agent lock {lock.path}, held by {lock.holder()}: another "
+                    "gpulet agent serves this kubelet root"
+                )
+                wait = self.options.lock_wait
+                if wait is not None and now - started >= wait:
+                    raise StartupError(
+                        f"another gpulet agent serves this kubelet root: {lock.path} is locked "
+                        f"by {lock.holder()}; stop it first"
+                    )
+                if now >= next_log:
+                    log.warning("NotReady: %s (waiting until it exits)", self._lock_waiting)
+                    next_log = now + 60.0
+                await asyncio.sleep(0.2)
+        except GpuletError as e:
+            raise StartupError(str(e)) from None
+        finally:
+            self._lock_waiting = None
+        log.info("holding the agent lock %s", lock.path)
+
     async def _wait_for_nvml(self) -> Node:
         while True:
-            node = await asyncio.to_thread(self._probe.poll)
+            node = await off_loop(self._probe.poll)
             if node is not None:
                 return node
             r = self._probe.readiness
@@ -230,17 +349,22 @@ class Agent:
         """Start serving (returns once every server runs and registration has begun)."""
         self._resync_lock = asyncio.Lock()
         self._wake = asyncio.Event()
+        self._retry = asyncio.Event()
+        # The lock first: a second agent waiting for it binds nothing (its probes fail, which
+        # is the truth: it does not serve).
+        await self._take_lock()
         if self.options.http_port is not None:
-            self._http = ProbeServer(
-                lambda: self.readiness, self.options.http_host, self.options.http_port
-            )
+            host, port = self.options.http_host, self.options.http_port
+            http = ProbeServer(lambda: self.readiness, host, port)
             try:
-                await self._http.start()
+                await http.start()
             except OSError as e:
-                log.warning(
-                    "probe endpoint off: cannot listen on port %s: %s", self.options.http_port, e
-                )
-                self._http = None
+                raise StartupError(
+                    f"cannot serve /healthz and /readyz on {host}:{port}: {e.strerror or e}; "
+                    "another process uses the port, or the address is not this node's "
+                    "(choose others with --metrics-port and --bind-address)"
+                ) from None
+            self._http = http
 
         node = await self._wait_for_nvml()
         self.node = node
@@ -248,6 +372,7 @@ class Agent:
         for note in inventory.notes:
             log.warning("%s", note)
         state = AgentState(node, self.config, inventory, self._ledger)
+        state.on_stale = self._allocated
         if any(r.whole_gpus and r.devices for r in inventory.resources):
             await asyncio.to_thread(alloc.prepare, node.topology)
         self.inventory, self.state = inventory, state
@@ -263,24 +388,47 @@ class Agent:
         self._start_health(node, state)
 
         plugin_dir = self.options.plugin_dir
-        plugin_dir.mkdir(parents=True, exist_ok=True)
-        self._watcher = DirWatcher(plugin_dir)
-        self._watcher.start()  # before looking at the directory: no event is missed
-        settings = ResponseSettings.from_config(
-            self.config,
-            cdi.read_mig_minors(self.options.driver_root or "/"),
-        )
+        try:
+            plugin_dir.mkdir(parents=True, exist_ok=True)
+            self._watcher = DirWatcher(plugin_dir)
+            self._watcher.start()  # before looking at the directory: no event is missed
+        except (OSError, GpuletError) as e:
+            raise StartupError(
+                f"cannot watch the kubelet's device-plugins directory {plugin_dir}: "
+                f"{getattr(e, 'strerror', None) or e}"
+            ) from None
+        settings = self._settings(self.config)
         for r in inventory.resources:
-            server = PluginServer(state, r, plugin_dir, settings, on_allocate=self._allocated)
-            self.servers[r.name] = server
-            self._registrations[r.name] = _Registration()
-            await server.start()
+            await self._add_server(state, r, settings, initial=True)
         self._serving_since = time.monotonic()
         if self.options.kubelet_socket.exists():
             self._generation += 1
         self._tasks.append(asyncio.create_task(self._watch_loop(), name="gpulet-watch"))
         self._tasks.append(asyncio.create_task(self._reconcile_loop(), name="gpulet-reconcile"))
+        self._tasks.append(asyncio.create_task(self._retry_loop(), name="gpulet-retry"))
         await self._resync()
+
+    def _settings(self, config: Config) -> ResponseSettings:
+        return ResponseSettings.from_config(
+            config, cdi.read_mig_minors(self.options.driver_root or "/")
+        )
+
+    async def _add_server(
+        self, state: AgentState, r: ResourceSpec, settings: ResponseSettings, *, initial: bool
+    ) -> None:
+        """Make and start the server of resource ``r``. At start-up a failure is fatal (one
+        line, the kubelet restarts the container); later it is retried with backoff."""
+        server = PluginServer(
+            state, r, self.options.plugin_dir, settings, on_allocate=self._allocated
+        )
+        self.servers[r.name] = server
+        self._registrations[r.name] = _Registration()
+        try:
+            await server.start()
+        except (GpuletError, OSError, RuntimeError) as e:
+            if initial:
+                raise StartupError(f"cannot serve {r.name} on {server.path}: {e}") from None
+            self._serve_failed(r.name, e)
 
     async def _write_cdi(self) -> None:
         assert self.node is not None
@@ -301,10 +449,13 @@ class Agent:
         try:
             self.cdi_spec = await asyncio.to_thread(write)
             log.info("wrote CDI spec %s", self.cdi_spec)
-        except OSError as e:
+        except (OSError, GpuletError) as e:
+            why = (
+                f"cannot write the CDI spec under {o.cdi_root}: {getattr(e, 'strerror', None) or e}"
+            )
             if set(self.config.flags.plugin.device_list_strategy) & _CDI_STRATEGIES:
-                raise
-            log.warning("no CDI spec: %s", e)
+                raise StartupError(f"{why} (the device list strategy needs it)") from None
+            log.warning("no CDI spec: %s", why)
 
     def _start_health(self, node: Node, state: AgentState) -> None:
         if self._health_factory is None:
@@ -312,7 +463,8 @@ class Agent:
         try:
 
             def on_change(device_id: str, healthy: bool, reason: str) -> None:
-                state.set_health(device_id, healthy, reason)
+                current = self.state if self.state is not None else state
+                current.set_health(device_id, healthy, reason)
 
             monitor = self._health_factory(node, on_change)
             monitor.start()
@@ -350,32 +502,77 @@ class Agent:
         watcher = self._watcher
         assert watcher is not None
         while True:
-            self._take_events(await watcher.get())
-            # Serve again first; a starting kubelet removes the sockets just before it creates
-            # kubelet.sock, so look for that event once more before registering (one
-            # registration per restart, with the new kubelet).
-            await self._resync(register=False)
-            await asyncio.sleep(0)
-            self._take_events()
-            await self._resync()
+            event = await watcher.get()
+            try:
+                self._take_events(event)
+                # Serve again first; a starting kubelet removes the sockets just before it
+                # creates kubelet.sock, so look for that event once more before registering (one
+                # registration per restart, with the new kubelet).
+                await self._resync(register=False)
+                await asyncio.sleep(0)
+                self._take_events()
+                await self._resync()
+            except Exception:  # this loop must outlive any one failure
+                log.exception("handling a change in %s failed; retrying", watcher.path)
+                self._kick_retry()
 
-    async def _resync(self, *, register: bool = True) -> None:
+    def _serve_failed(self, name: str, error: BaseException) -> None:
+        self.stats.serve_failures += 1
+        self._serve_errors[name] = str(error)
+        log.warning("cannot serve %s: %s (retrying with backoff)", name, error)
+        self._kick_retry()
+
+    def _kick_retry(self) -> None:
+        if self._retry is not None:
+            self._retry.set()
+
+    async def _retry_loop(self) -> None:
+        """Serve again and register again after a failure, with capped exponential backoff."""
+        retry = self._retry
+        assert retry is not None
+        delay = _RETRY_FIRST
+        while True:
+            await retry.wait()
+            await asyncio.sleep(delay)
+            retry.clear()
+            try:
+                ok = await self._resync()
+            except Exception:
+                log.exception("serving again failed")
+                ok = False
+            delay = _RETRY_FIRST if ok else min(delay * 2, _RETRY_CAP)
+            if not ok:
+                retry.set()
+
+    async def _resync(self, *, register: bool = True) -> bool:
         """Serve every resource on a present socket, and register each one that is not
-        registered with the current kubelet."""
+        registered with the current kubelet. False when a server could not be served (a retry
+        is scheduled)."""
         assert self._resync_lock is not None
+        ok = True
         async with self._resync_lock:
             if self._stopping:
-                return
+                return True
             for name, server in self.servers.items():
                 if not server.socket_present():
-                    log.info("the socket of %s is gone: serving it again", name)
-                    await server.start()
-                    self.stats.server_restarts += 1
+                    if server.serving:
+                        log.info("the socket of %s is gone: serving it again", name)
                     self._registrations[name].generation = -1
+                    try:
+                        await server.start()
+                    except (GpuletError, OSError, RuntimeError) as e:
+                        self._serve_failed(name, e)
+                        ok = False
+                        continue
+                    if self._serve_errors.pop(name, None) is not None:
+                        log.info("serving %s again", name)
+                    self.stats.server_restarts += 1
             if not register or not self.options.kubelet_socket.exists():
-                return
-            for name in self.servers:
-                self._ensure_registration(name)
+                return ok
+            for name, server in self.servers.items():
+                if server.serving:
+                    self._ensure_registration(name)
+        return ok
 
     def _ensure_registration(self, name: str) -> None:
         reg = self._registrations[name]
@@ -418,13 +615,80 @@ class Agent:
             return
 
     async def restart_plugins(self) -> None:
-        """Restart every server and register again (SIGHUP, as NVIDIA's plugin does)."""
+        """Restart every server and register again, with the same config."""
         assert self._resync_lock is not None
         async with self._resync_lock:
-            for server in self.servers.values():
-                await server.start()
+            for name, server in self.servers.items():
+                try:
+                    await server.start()
+                except (GpuletError, OSError, RuntimeError) as e:
+                    self._serve_failed(name, e)
             self._generation += 1
         await self._resync()
+
+    async def reload(self, config: Config) -> bool:
+        """Apply a re-read config (SIGHUP, as NVIDIA's config manager expects).
+
+        The new config is validated against the node first; a bad one changes nothing (the old
+        config keeps being served, and the reason is logged and kept in
+        :attr:`last_reload_error`). A good one replaces the servers: every resource is served
+        and registered again with the new device lists, and PodResources re-attributes what
+        the kubelet has assigned. The kubelet root and the probe port take effect on restart.
+        """
+        node, old = self.node, self.state
+        if node is None or old is None or self._resync_lock is None:
+            log.warning("config reload ignored: the agent has not started serving yet")
+            return False
+        try:
+            inventory = build_inventory(node, config)
+            settings = self._settings(config)
+        except GpuletError as e:
+            self.stats.reload_failures += 1
+            self.last_reload_error = str(e)
+            log.error("the re-read config is refused, still serving the previous one: %s", e)
+            return False
+        for what, before, after in (
+            ("kubeletRoot", self.config.gpulet.kubelet_root, config.gpulet.kubelet_root),
+            ("metricsPort", self.config.gpulet.metrics_port, config.gpulet.metrics_port),
+        ):
+            if before != after:
+                log.warning("gpulet.%s changed to %s: it takes effect on restart", what, after)
+        for note in inventory.notes:
+            log.warning("%s", note)
+        async with self._resync_lock:
+            for server in self.servers.values():
+                await server.stop()
+            unhealthy = old.unhealthy()
+            old.detach()
+            state = AgentState(node, config, inventory, old.ledger)
+            state.on_stale = self._allocated
+            for uuid, why in unhealthy.items():
+                state.set_health(uuid, False, why)
+            self.config, self.inventory, self.state = config, inventory, state
+            for reg in self._registrations.values():
+                if reg.task is not None:
+                    reg.task.cancel()
+            self.servers, self._registrations, self._serve_errors = {}, {}, {}
+            for r in inventory.resources:
+                await self._add_server(state, r, settings, initial=False)
+            self._generation += 1
+            self.registered.clear()
+        if any(r.whole_gpus and r.devices for r in inventory.resources):
+            await asyncio.to_thread(alloc.prepare, node.topology)
+        await self.reconcile()
+        if self.options.cdi_root is not None:
+            try:
+                await self._write_cdi()
+            except StartupError as e:
+                log.error("%s", e)
+        await self._resync()
+        self.stats.reloads += 1
+        self.last_reload_error = None
+        log.info(
+            "config reloaded: advertising %s",
+            ", ".join(f"{n}: {c}" for n, c in inventory.counts().items()) or "nothing",
+        )
+        return True
 
     # --- PodResources ------------------------------------------------------------------
 
@@ -492,7 +756,15 @@ class Agent:
         self._tasks.clear()
         if self._monitor is not None:
             monitor, self._monitor = self._monitor, None
-            await asyncio.to_thread(monitor.stop)
+            try:
+                await asyncio.wait_for(
+                    off_loop(monitor.stop, "gpulet-health-stop"), self.options.stop_timeout
+                )
+            except asyncio.TimeoutError:
+                log.warning(
+                    "the health monitor did not stop within %.0fs (an NVML call hangs); leaving it",
+                    self.options.stop_timeout,
+                )
         for server in self.servers.values():
             await server.stop()
         if self._watcher is not None:
@@ -503,6 +775,8 @@ class Agent:
             await self._http.stop()
             self._http = None
         self._serving_since = None
+        if self._lock is not None:
+            self._lock.release()
         log.info("stopped")
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -514,6 +514,20 @@ class AgentState:
             if self._holder.get(i) is h:
                 del self._holder[i]
 
+    def detach(self) -> None:
+        """Release everything this state holds in the ledger and unregister its GPUs (before a
+        new state with a new config takes over the same ledger; PodResources then attributes
+        the kubelet's assignments to the new state)."""
+        with self._lock:
+            for h in list(self._holdings.values()):
+                self._release(h)
+            for owner in set(self._shared.values()):
+                self.ledger.release(owner)
+            self._shared.clear()
+            for reg in self.inventory.gpus:
+                self.ledger.unregister_gpu(reg.uuid)
+            self._changed()
+
     def _save(self) -> _Saved:
         return _Saved(
             self.ledger.snapshot(), dict(self._holdings), dict(self._holder), dict(self._shared)
