@@ -18,6 +18,9 @@ _NS_PER_UNIT = {
     "m": 60_000_000_000,
     "h": 3_600_000_000_000,
 }
+_MAX_NS = 2**63 - 1
+#: No duration needs more characters ("2562047h47m16.854775807s" is Go's longest).
+_MAX_TEXT = 100
 _PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 
 
@@ -26,6 +29,8 @@ def parse_go_duration(text: str) -> timedelta:
 
     Raises ValueError for anything else. Precision below a microsecond is rounded away.
     """
+    if len(text) > _MAX_TEXT:
+        raise ValueError(f"invalid duration: {len(text)} characters is too long for one")
     s = text.strip()
     sign = 1
     if s and s[0] in "+-":
@@ -47,6 +52,9 @@ def parse_go_duration(text: str) -> timedelta:
             f"invalid duration {text!r}: use a number and a unit (ns, us, ms, s, m, h), "
             "e.g. 60s or 1m30s"
         )
+    if total > _MAX_NS:
+        # Go's time.Duration is an int64 of nanoseconds; ParseDuration refuses more.
+        raise ValueError(f"invalid duration {text!r}: longer than Go's limit of about 2562047h")
     return timedelta(microseconds=round(sign * total / 1000))
 
 

@@ -18,10 +18,20 @@ from gpulet.config._duration import format_go_duration
 __all__ = [
     "ALLOCATION_POLICIES",
     "DEFAULT_KUBELET_ROOT",
+    "DEFAULT_METRICS_PORT",
     "DEVICE_DISCOVERY_STRATEGIES",
     "DEVICE_ID_STRATEGIES",
     "DEVICE_LIST_STRATEGIES",
     "HEALTH_PRESETS",
+    "MAX_CONFIG_BYTES",
+    "MAX_DEVICES_PER_RESOURCE",
+    "MAX_DEVICE_COUNT",
+    "MAX_DURATION",
+    "MAX_MPS_REPLICAS",
+    "MAX_NESTING",
+    "MAX_REPLICAS",
+    "MAX_XID",
+    "MAX_YAML_NODES",
     "MIG_STRATEGIES",
     "NVIDIA_DEVICE_PLUGIN_IGNORED_XIDS",
     "RESOURCE_NAME_PREFIX",
@@ -74,6 +84,34 @@ HEALTH_PRESETS: tuple[HealthPreset, ...] = ("xid-catalog", "nvidia-device-plugin
 RESOURCE_NAME_PREFIX = "nvidia.com"
 SHARED_RESOURCE_SUFFIX = ".shared"
 DEFAULT_KUBELET_ROOT = "/var/lib/kubelet"
+#: The port of /healthz, /readyz and /metrics: not dcgm-exporter's 9400, so that both can run
+#: on a node during a migration from dcgm-exporter.
+DEFAULT_METRICS_PORT = 9401
+# --- limits (docs/config.md, "Limits", says why each is what it is) ------------------------
+
+#: Most replicas of one device with time-slicing, and in ``gpulet.gpuReplicas``.
+MAX_REPLICAS = 1024
+#: Most replicas of one device with MPS: an MPS server takes at most 48 client contexts per GPU
+#: (Volta and newer; 16 before Volta).
+MAX_MPS_REPLICAS = 48
+#: Largest ``devices: <count>`` in a sharing entry.
+MAX_DEVICE_COUNT = 1024
+#: Most devices one resource advertises on a node: its whole list goes to the kubelet in one
+#: ListAndWatch message, which the kubelet's gRPC client takes up to 4 MiB; one device is at
+#: most about 90 bytes there, so 16384 devices stay under 1.5 MiB.
+MAX_DEVICES_PER_RESOURCE = 16384
+#: Largest XID: NVML reports an XID in a 64-bit field.
+MAX_XID = 2**64 - 1
+#: Longest duration (``sleepInterval``, ``recoveryPeriod``).
+MAX_DURATION = timedelta(days=365)
+#: Largest config file read.
+MAX_CONFIG_BYTES = 64 * 1024
+#: Deepest nesting of lists and mappings in a config file (a valid one needs 6).
+MAX_NESTING = 32
+#: Most YAML nodes a config file may hold, counting each use of an alias as a copy of what it
+#: names (a file under MAX_CONFIG_BYTES holds fewer than this unless aliases multiply it).
+MAX_YAML_NODES = 100_000
+
 #: XIDs that NVIDIA's device plugin never treats as fatal (``internal/rm/health.go``); the
 #: ``nvidia-device-plugin`` health preset ignores these and treats every other XID as fatal.
 NVIDIA_DEVICE_PLUGIN_IGNORED_XIDS: tuple[int, ...] = (13, 31, 43, 45, 68, 109)
@@ -415,7 +453,7 @@ class GpuletConfig:
     kubelet_root: str = DEFAULT_KUBELET_ROOT
     node_name: str | None = None
     #: 0: no metrics endpoint.
-    metrics_port: int = 9400
+    metrics_port: int = DEFAULT_METRICS_PORT
     gpu_replicas: tuple[GpuReplicas, ...] = ()
     health: HealthPolicy = field(default_factory=HealthPolicy)
     device_plugin: DevicePluginConfig = field(default_factory=DevicePluginConfig)

@@ -17,13 +17,18 @@ from datetime import timedelta
 from typing import Any, Literal, TypeVar
 
 from gpulet.config._duration import parse_go_duration
-from gpulet.config._errors import ConfigError
+from gpulet.config._errors import ConfigError, show
 from gpulet.config._model import (
     ALLOCATION_POLICIES,
     DEVICE_DISCOVERY_STRATEGIES,
     DEVICE_ID_STRATEGIES,
     DEVICE_LIST_STRATEGIES,
     HEALTH_PRESETS,
+    MAX_DEVICE_COUNT,
+    MAX_DURATION,
+    MAX_MPS_REPLICAS,
+    MAX_REPLICAS,
+    MAX_XID,
     MIG_STRATEGIES,
     RESOURCE_NAME_PREFIX,
     SHARED_RESOURCE_SUFFIX,
@@ -62,6 +67,11 @@ _UUID = (
 _GPU_UUID = re.compile(rf"GPU-{_UUID}")
 _MIG_UUID = re.compile(rf"MIG-({_UUID}|GPU-{_UUID}/\d+/\d+)")
 _GPU_INDEX = re.compile(r"\d+")
+#: NVIDIA's Go int: what its parser can hold.
+_GO_INT_MAX = 2**63 - 1
+_REPLICA_LIMIT = "gpulet's limit of shares per device; docs/config.md, Limits, says why"
+_MPS_LIMIT = "an MPS server takes at most 48 clients per GPU"
+
 _MIG_INDEX = re.compile(r"\d+:\d+")
 
 # Key names per section. NVIDIA's struct-decoded sections match case-insensitively (Go's
@@ -123,14 +133,15 @@ def _describe(value: object) -> str:
     if isinstance(value, bool):
         return f"{str(value).lower()} (a boolean)"
     if isinstance(value, (int, float)):
-        return f"{value!r} (a number)"
+        return f"{show(value)} (a number)"
     if isinstance(value, str):
-        return f"{value!r} (a string)"
-    if isinstance(value, Mapping):
-        return "a mapping"
-    if isinstance(value, Sequence):
-        return "a list"
-    return type(value).__name__
+        return f"{show(value)} (a string)"
+    return show(value)
+
+
+def _key(key: str) -> str:
+    """A key as it appears in a path: cut when it is too long to read."""
+    return key if len(key) <= 80 else f"{key[:60]}...({len(key)} characters)"
 
 
 @dataclass
@@ -209,16 +220,16 @@ def _mapping(
             )
         if canonical is None:
             candidates = known + (("gpulet",) if not path and nvidia else ())
-            hint = difflib.get_close_matches(key, candidates, n=1)
+            hint = difflib.get_close_matches(key, candidates, n=1) if len(key) <= 80 else []
             if not hint:
                 hint = [k for k in candidates if k.lower() == key.lower()]
-            where = f"unknown key {key!r}"
+            where = f"unknown key {show(key)}"
             known_text = ", ".join(candidates)
             if hint:
                 where += f"; did you mean {hint[0]!r}?"
             if not nvidia or ctx.strict:
-                raise ctx.error(_join(path, key), f"{where} (known keys: {known_text})")
-            ctx.warn(_join(path, key), f"{where}; ignored, as NVIDIA's plugin ignores it")
+                raise ctx.error(_join(path, _key(key)), f"{where} (known keys: {known_text})")
+            ctx.warn(_join(path, _key(key)), f"{where}; ignored, as NVIDIA's plugin ignores it")
             continue
         if canonical in seen:
             raise ctx.error(
@@ -235,13 +246,16 @@ def _bool(ctx: _Ctx, value: object, path: str) -> bool:
     return value
 
 
-def _int(ctx: _Ctx, value: object, path: str, *, minimum: int, maximum: int | None = None) -> int:
+def _int(ctx: _Ctx, value: object, path: str, *, minimum: int, maximum: int, why: str = "") -> int:
+    """A whole number in ``[minimum, maximum]``; ``why`` says where the maximum comes from."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise ctx.error(path, f"must be a whole number, got {_describe(value)}")
     if value < minimum:
-        raise ctx.error(path, f"must be >= {minimum}, got {value}")
-    if maximum is not None and value > maximum:
-        raise ctx.error(path, f"must be <= {maximum}, got {value}")
+        raise ctx.error(path, f"must be >= {minimum}, got {show(value)}")
+    if value > maximum:
+        if why:
+            raise ctx.error(path, f"{show(value)} is above the limit of {maximum} ({why})")
+        raise ctx.error(path, f"must be <= {maximum}, got {show(value)}")
     return value
 
 
@@ -258,10 +272,11 @@ def _choice(ctx: _Ctx, value: object, path: str, choices: tuple[_T, ...]) -> _T:
     for choice in choices:
         if text == choice:
             return choice
-    raise ctx.error(path, f"must be one of {', '.join(choices)}; got {text!r}")
+    raise ctx.error(path, f"must be one of {', '.join(choices)}; got {show(text)}")
 
 
 def _duration(ctx: _Ctx, value: object, path: str) -> timedelta:
+    limit = f"{MAX_DURATION // timedelta(hours=1)}h"
     if isinstance(value, str):
         try:
             result = parse_go_duration(value)
@@ -269,11 +284,19 @@ def _duration(ctx: _Ctx, value: object, path: str) -> timedelta:
             raise ctx.error(path, str(e)) from None
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         # NVIDIA's Duration takes a bare number as nanoseconds.
+        if value != value:  # NaN
+            raise ctx.error(path, "must be a duration such as 60s or 1m30s, got NaN")
+        if value < 0:
+            raise ctx.error(path, f"must not be negative, got {show(value)}")
+        if value > MAX_DURATION // timedelta(microseconds=1) * 1000:
+            raise ctx.error(path, f"{show(value)} ns is above the limit of {limit}")
         result = timedelta(microseconds=round(value / 1000))
     else:
         raise ctx.error(path, f"must be a duration such as 60s or 1m30s, got {_describe(value)}")
     if result < timedelta(0):
-        raise ctx.error(path, f"must not be negative, got {value!r}")
+        raise ctx.error(path, f"must not be negative, got {show(value)}")
+    if result > MAX_DURATION:
+        raise ctx.error(path, f"{show(value)} is above the limit of {limit}")
     return result
 
 
@@ -288,7 +311,7 @@ def _list(ctx: _Ctx, value: object, path: str) -> list[Any]:
 def _abs_path(ctx: _Ctx, value: object, path: str) -> str:
     text = _str(ctx, value, path, empty_ok=False)
     if not text.startswith("/"):
-        raise ctx.error(path, f"must be an absolute path, got {text!r}")
+        raise ctx.error(path, f"must be an absolute path, got {show(text)}")
     return text
 
 
@@ -446,13 +469,13 @@ def resource_name(value: str) -> str:
     )
     if len(name) > MAX_RESOURCE_NAME_LENGTH:
         raise ValueError(
-            f"fully qualified resource name {name!r} is {len(name)} characters; "
+            f"fully qualified resource name {show(name)} is {len(name)} characters; "
             f"at most {MAX_RESOURCE_NAME_LENGTH} are allowed"
         )
     short = name.split("/", 1)[1]
     if len(short) > 253 or not _DNS_SUBDOMAIN.fullmatch(short):
         raise ValueError(
-            f"{short!r} in {name!r} is not a DNS subdomain "
+            f"{show(short)} in {show(name)} is not a DNS subdomain "
             "(lowercase letters, digits, '-' and '.', starting and ending with a letter or digit)"
         )
     return name
@@ -518,16 +541,22 @@ def _device_selector(
     expected = " or ".join(forms[a] for a in allow)
     if isinstance(value, str):
         if value != "all" or "all" not in allow:
-            raise ctx.error(path, f"must be {expected}; got {value!r}")
+            raise ctx.error(path, f"must be {expected}; got {show(value)}")
         return DeviceSelector()
     if isinstance(value, int) and not isinstance(value, bool):
         if "count" not in allow:
-            raise ctx.error(path, f"must be {expected}; got {value!r}")
+            raise ctx.error(path, f"must be {expected}; got {show(value)}")
         if value <= 0:
-            raise ctx.error(path, f"a count of devices must be > 0, got {value}")
+            raise ctx.error(path, f"a count of devices must be > 0, got {show(value)}")
+        if value > MAX_DEVICE_COUNT:
+            raise ctx.error(
+                path,
+                f"a count of {show(value)} devices is above the limit of {MAX_DEVICE_COUNT}",
+            )
         return DeviceSelector.first(value)
     if isinstance(value, Sequence) and not isinstance(value, bytes) and "list" in allow:
         refs: list[str] = []
+        seen: set[str] = set()
         for i, item in enumerate(value):
             ipath = f"{path}[{i}]"
             if isinstance(item, int) and not isinstance(item, bool) and item >= 0:
@@ -541,8 +570,9 @@ def _device_selector(
                 )
             if gpus_only and not (_GPU_INDEX.fullmatch(ref) or _GPU_UUID.fullmatch(ref)):
                 raise ctx.error(ipath, f"{ref!r}: name a whole GPU (index or GPU- UUID)")
-            if ref in refs:
+            if ref in seen:
                 raise ctx.error(ipath, f"{ref!r} is listed twice")
+            seen.add(ref)
             refs.append(ref)
         return DeviceSelector.of(*refs)
     raise ctx.error(path, f"must be {expected}; got {_describe(value)}")
@@ -584,7 +614,14 @@ def _replicated_resources(
         if "replicas" not in r:
             raise ctx.error(_join(ipath, "replicas"), "is required")
         name = _resource_name(ctx, r["name"], _join(ipath, "name"))
-        replicas = _int(ctx, r["replicas"], _join(ipath, "replicas"), minimum=2)
+        replicas = _int(
+            ctx,
+            r["replicas"],
+            _join(ipath, "replicas"),
+            minimum=2,
+            maximum=MAX_MPS_REPLICAS if mps else MAX_REPLICAS,
+            why=_MPS_LIMIT if mps else _REPLICA_LIMIT,
+        )
         devices = (
             _device_selector(ctx, r["devices"], _join(ipath, "devices"))
             if r.get("devices") is not None
@@ -675,11 +712,12 @@ def _sharing(ctx: _Ctx, node: object, gpulet: GpuletConfig) -> Sharing:
 def _imex(ctx: _Ctx, node: object) -> Imex:
     raw = _mapping(ctx, node, "imex", _IMEX, nvidia=True)
     ids = tuple(
-        _int(ctx, v, f"imex.channelIDs[{i}]", minimum=0)
+        _int(ctx, v, f"imex.channelIDs[{i}]", minimum=0, maximum=_GO_INT_MAX)
         for i, v in enumerate(_list(ctx, raw.get("channelIDs"), "imex.channelIDs"))
     )
     if ids not in ((), (0,)):
-        raise ctx.error("imex.channelIDs", f"must be [] or [0], got {list(ids)}")
+        got = str(list(ids)) if len(ids) <= 8 else f"{len(ids)} IDs"
+        raise ctx.error("imex.channelIDs", f"must be [] or [0], got {got}")
     required = (
         _bool(ctx, raw["required"], "imex.required") if raw.get("required") is not None else False
     )
@@ -690,11 +728,9 @@ def _imex(ctx: _Ctx, node: object) -> Imex:
 
 
 def _xids(ctx: _Ctx, value: object, path: str) -> tuple[int, ...]:
-    out: list[int] = []
+    out: set[int] = set()
     for i, v in enumerate(_list(ctx, value, path)):
-        xid = _int(ctx, v, f"{path}[{i}]", minimum=1)
-        if xid not in out:
-            out.append(xid)
+        out.add(_int(ctx, v, f"{path}[{i}]", minimum=1, maximum=MAX_XID))
     return tuple(sorted(out))
 
 
@@ -708,12 +744,13 @@ def _health(ctx: _Ctx, node: object, path: str) -> HealthPolicy:
     if critical_raw == "all":
         critical = "all"
     elif isinstance(critical_raw, str):
-        raise ctx.error(cpath, f"must be 'all' or a list of XIDs, got {critical_raw!r}")
+        raise ctx.error(cpath, f"must be 'all' or a list of XIDs, got {show(critical_raw)}")
     else:
         critical = _xids(ctx, critical_raw, cpath)
         both = sorted(set(critical) & set(ignored))
         if both:
-            raise ctx.error(cpath, f"XIDs {both} are also in ignoredXIDs; list each XID once")
+            listed = str(both) if len(both) <= 8 else f"{both[:8]} and {len(both) - 8} more"
+            raise ctx.error(cpath, f"XIDs {listed} are also in ignoredXIDs; list each XID once")
     return HealthPolicy(
         preset=_field(ctx, raw, path, "preset", _chooser(HEALTH_PRESETS), d.preset),
         disabled=_field(ctx, raw, path, "disabled", _bool, d.disabled),
@@ -744,7 +781,14 @@ def _gpu_replicas(ctx: _Ctx, node: object, path: str) -> tuple[GpuReplicas, ...]
         out.append(
             GpuReplicas(
                 devices=devices,
-                replicas=_int(ctx, raw["replicas"], _join(ipath, "replicas"), minimum=1),
+                replicas=_int(
+                    ctx,
+                    raw["replicas"],
+                    _join(ipath, "replicas"),
+                    minimum=1,
+                    maximum=MAX_REPLICAS,
+                    why=_REPLICA_LIMIT,
+                ),
             )
         )
     return tuple(out)
@@ -755,7 +799,7 @@ def _dns_subdomain(ctx: _Ctx, value: object, path: str, *, max_len: int) -> str:
     if len(text) > max_len or not _DNS_SUBDOMAIN.fullmatch(text):
         raise ctx.error(
             path,
-            f"{text!r} is not a DNS subdomain of at most {max_len} characters "
+            f"{show(text)} is not a DNS subdomain of at most {max_len} characters "
             "(lowercase letters, digits, '-' and '.')",
         )
     return text
@@ -856,7 +900,7 @@ def build(
     if version in (None, ""):
         version = VERSION
     if version != VERSION:
-        raise ctx.error("version", f"unsupported version {version!r}; gpulet reads version v1")
+        raise ctx.error("version", f"unsupported version {show(version)}; gpulet reads version v1")
 
     flags = _flags(ctx, top.get("flags"))
     resources = _resources(ctx, top.get("resources"))
@@ -890,6 +934,14 @@ def build(
             "gpulet.gpuReplicas",
             "needs sharing.timeSlicing or sharing.mps to say which resource is shared",
         )
+    if sharing.strategy == "mps":
+        for i, entry in enumerate(gpulet.gpu_replicas):
+            if entry.replicas > MAX_MPS_REPLICAS:
+                raise ctx.error(
+                    f"gpulet.gpuReplicas[{i}].replicas",
+                    f"{entry.replicas} is above the limit of {MAX_MPS_REPLICAS} with sharing.mps "
+                    f"({_MPS_LIMIT})",
+                )
 
     if health_env is not None:
         gpulet = replace(gpulet, health=_merge_health(gpulet.health, *health_env))

@@ -10,14 +10,13 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
 from gpulet.config._duration import parse_go_duration
-from gpulet.config._errors import ConfigError
-from gpulet.config._model import Config
+from gpulet.config._errors import ConfigError, show
+from gpulet.config._model import MAX_CONFIG_BYTES, MAX_NESTING, MAX_YAML_NODES, Config
 from gpulet.config._parse import build
 
 __all__ = ["SETTINGS", "Setting", "load", "parse"]
@@ -140,7 +139,7 @@ def _from_text(setting: Setting, text: str, origin: str) -> object:
             return True
         if text in _FALSE:
             return False
-        raise bad(f"{text!r} is not a boolean; use true or false")
+        raise bad(f"{show(text)} is not a boolean; use true or false")
     if setting.kind == "list":
         return [p.strip() for p in text.split(",") if p.strip()]
     if setting.kind == "intlist":
@@ -151,13 +150,13 @@ def _from_text(setting: Setting, text: str, origin: str) -> object:
             try:
                 out.append(int(part, 0))
             except ValueError:
-                raise bad(f"{part!r} in {text!r} is not a whole number") from None
+                raise bad(f"{show(part)} in {show(text)} is not a whole number") from None
         return out
     if setting.kind == "int":
         try:
             return int(text, 10)
         except ValueError:
-            raise bad(f"{text!r} is not a whole number") from None
+            raise bad(f"{show(text)} is not a whole number") from None
     # duration: checked here so that the message names the flag or variable
     try:
         parse_go_duration(text)
@@ -180,7 +179,9 @@ def _from_flag(setting: Setting, value: object, origin: str) -> object:
         "duration": False,
     }[setting.kind]
     if not ok:
-        raise ConfigError(setting.key, f"a {setting.kind} value is expected, got {value!r}", origin)
+        raise ConfigError(
+            setting.key, f"a {setting.kind} value is expected, got {show(value)}", origin
+        )
     return list(value) if isinstance(value, tuple) else value
 
 
@@ -242,17 +243,111 @@ def _health_env(
     return disable_all, tuple(xids(DISABLE_HEALTHCHECKS_ENV, disable)), critical
 
 
+# libyaml when PyYAML has it (about 5x faster); the checks below do not depend on which.
+_BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_BaseLoader):  # type: ignore[misc, valid-type]
+    """PyYAML's safe loader, whose scalars that cannot be held (an integer of thousands of
+    digits, a date such as 2024-13-45) are YAML errors with a line, not a bare ValueError."""
+
+
+def _guarded(tag: str, kind: str) -> None:
+    construct = _Loader.yaml_constructors[tag]
+
+    def guarded(loader: yaml.SafeLoader, node: yaml.Node) -> object:
+        try:
+            return construct(loader, node)
+        except (ValueError, OverflowError):
+            text = node.value if isinstance(node.value, str) else ""
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{show(text)} cannot be read as {kind}", node.start_mark
+            ) from None
+
+    _Loader.add_constructor(tag, guarded)
+
+
+for _tag, _kind in (("int", "an integer"), ("float", "a number"), ("timestamp", "a date")):
+    _guarded(f"tag:yaml.org,2002:{_tag}", _kind)
+
+
+def _check_shape(root: yaml.Node) -> str | None:
+    """What is wrong with a composed YAML document's shape, or ``None``: nesting deeper than
+    :data:`MAX_NESTING`, or more than :data:`MAX_YAML_NODES` nodes once aliases are expanded
+    (a "billion laughs" document is a few hundred bytes that expand to billions of nodes).
+
+    Walks each distinct node once (an alias is the node it names), without recursion."""
+    size: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, int, bool]] = [(root, 1, False)]
+    on_path: set[int] = set()
+    while stack:
+        node, depth, done = stack.pop()
+        key = id(node)
+        if done:
+            on_path.discard(key)
+            children = _children(node)
+            total = 1 + sum(size[id(c)] for c in children)
+            if total > MAX_YAML_NODES:
+                return (
+                    f"it holds more than {MAX_YAML_NODES} values once its aliases (*name) "
+                    "are expanded"
+                )
+            size[key] = total
+            continue
+        if key in size:
+            continue
+        if key in on_path:
+            return "an alias (*name) refers to a node that contains it"
+        if depth > MAX_NESTING:
+            return f"lists and mappings are nested more than {MAX_NESTING} deep"
+        on_path.add(key)
+        stack.append((node, depth, True))
+        for child in _children(node):
+            if id(child) not in size:
+                stack.append((child, depth + 1, False))
+    return None
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
 def _read_file(path: str) -> object:
+    """The YAML document in ``path``, or ConfigError: a missing or unreadable file, one over
+    :data:`MAX_CONFIG_BYTES`, not UTF-8, not YAML, or of a shape no config has."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError("", f"config file {path} does not exist") from None
     except OSError as e:
         raise ConfigError("", f"config file {path} cannot be read: {e.strerror or e}") from None
-    except UnicodeDecodeError:
-        raise ConfigError("", f"config file {path} is not UTF-8 text") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            "",
+            f"config file {path} is larger than {MAX_CONFIG_BYTES // 1024} KiB; "
+            "a config is a few KiB at most (is this the right file?)",
+        )
     try:
-        return yaml.safe_load(text)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ConfigError(
+            "", f"config file {path} is not UTF-8 text (line {line} has byte 0x{data[e.start]:02x})"
+        ) from None
+    loader = _Loader(text)
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            return None
+        problem = _check_shape(root)
+        if problem is not None:
+            raise ConfigError("", f"config file {path} is refused: {problem}")
+        return loader.construct_document(root)
     except yaml.YAMLError as e:
         where = ""
         mark = getattr(e, "problem_mark", None)
@@ -260,6 +355,8 @@ def _read_file(path: str) -> object:
             where = f" at line {mark.line + 1}, column {mark.column + 1}"
         problem = getattr(e, "problem", None) or str(e)
         raise ConfigError("", f"config file {path} is not valid YAML{where}: {problem}") from None
+    finally:
+        loader.dispose()
 
 
 def parse(document: object, *, source: str | None = None) -> Config:
