@@ -18,10 +18,12 @@ NVML events (XID critical errors, ECC errors, GPUs falling off the bus) come thr
     NVIDIA's device plugin does with every XID it does not ignore; used by the
     ``nvidia-device-plugin`` preset).
 
-:class:`HealthMonitor` owns the state of every GPU and MIG device (by UUID) and a thread that
-waits for events and re-probes; its state machine is driven through :meth:`HealthMonitor.handle`
-and :meth:`HealthMonitor.step` with an injectable clock, so tests need no thread and no sleep.
-See docs/health.md.
+:class:`HealthMonitor` owns the state of every GPU and MIG device (by UUID) and the threads that
+wait for events and re-probe the GPUs (one event thread, one probe scheduler, one probe worker
+per GPU, so that an NVML call that hangs on one GPU holds back neither the events nor the other
+GPUs' probes, and :meth:`HealthMonitor.stop` returns in bounded time whatever NVML does). Its
+state machine is driven through :meth:`HealthMonitor.handle` and :meth:`HealthMonitor.step` with
+an injectable clock, so tests need no thread and no sleep. See docs/health.md.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import dataclasses
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -701,16 +704,40 @@ class HealthMonitor:
 
     ``gpus`` is the inventory (a discovered :class:`gpulet.Node` or :class:`GpuRef` items;
     :meth:`set_gpus` replaces it when MIG devices change). ``on_change(device_id, healthy,
-    reason)`` is called on every transition, outside the monitor's lock, from the thread that
-    caused it. ``watcher`` makes the event watcher (default: ``gpulet._core.EventWatcher`` on
-    ``library_path``), ``probe`` re-probes a GPU by index (default: ``gpulet._core.probe``),
-    ``clock`` gives monotonic seconds.
+    reason)`` is called on every transition, outside the monitor's lock, from whichever of the
+    monitor's threads caused it; the calls never overlap and come in the order of the
+    transitions. ``watcher`` makes the event watcher (default: ``gpulet._core.EventWatcher`` on
+    ``library_path``; its ``close`` must not wait for an in-flight ``wait``), ``probe``
+    re-probes a GPU by index (default: ``gpulet._core.probe``), ``clock`` gives monotonic
+    seconds (the state machine's only source of time).
 
-    :meth:`start` creates the watcher and starts the thread; the thread waits up to
-    ``wait_timeout`` seconds per round, handles the events, and every ``probe_interval``
-    seconds probes every GPU (:meth:`step`). :meth:`stop` returns within about
-    ``wait_timeout``. Without the thread, :meth:`handle`, :meth:`wait_failed`, :meth:`wait_ok`
-    and :meth:`step` drive the same state machine, each with an explicit ``now``.
+    Threads (all daemon threads), started by :meth:`start`:
+
+    ``gpulet-health-events``
+        Creates the watcher, then waits up to ``wait_timeout`` seconds at a time for events
+        and handles them.
+    ``gpulet-health-probes``
+        The probe scheduler: every ``min(wait_timeout, probe_timeout)`` seconds it runs
+        :meth:`step`, which hands a probe to each GPU's worker every ``probe_interval`` and
+        marks overdue probes. It makes no NVML call.
+    ``gpulet-health-probe-<index>``
+        One per GPU, made on its first probe: runs that GPU's probes one at a time and applies
+        each result when it returns. A GPU whose probe is still running gets no second one.
+
+    A probe that has not returned ``probe_timeout`` seconds after it started counts as a failed
+    probe: the GPU (and its MIG devices) turn unhealthy, ``recoverable``, with the reason "NVML
+    probe of GPU n has not returned after Xs", and recover by the usual rules once probes pass
+    again (the late probe, when it passes, is the first of the run).
+
+    :meth:`start` returns once the watcher exists (events from then on are seen) or after
+    ``start_timeout`` seconds, whichever is first. :meth:`stop` returns within about
+    ``stop_timeout`` seconds (default ``wait_timeout + 1``) whatever NVML does: it joins the
+    threads with that bound, closes the watcher without waiting for a wait in flight, and
+    leaves any thread still inside NVML behind (one WARNING names them); such a thread exits,
+    applying nothing, when its call returns.
+
+    Without the threads, :meth:`handle`, :meth:`wait_failed`, :meth:`wait_ok` and :meth:`step`
+    (which then probes inline) drive the same state machine, each with an explicit ``now``.
 
     Event-wait failures: the first ``wait_failure_threshold - 1`` consecutive failures are
     retried (logged only); at the threshold every device is marked unhealthy
@@ -734,11 +761,20 @@ class HealthMonitor:
         wait_failure_threshold: int = 3,
         library_path: str | None = None,
         on_mig_change: Callable[[str], None] | None = None,
+        probe_timeout: float = 5.0,
+        stop_timeout: float | None = None,
+        start_timeout: float = 10.0,
     ) -> None:
         if wait_timeout <= 0:
             raise ValueError(f"wait_timeout must be more than 0 seconds, got {wait_timeout}")
         if probe_interval < 0:
             raise ValueError(f"probe_interval must be 0 or more seconds, got {probe_interval}")
+        if probe_timeout <= 0:
+            raise ValueError(f"probe_timeout must be more than 0 seconds, got {probe_timeout}")
+        if stop_timeout is not None and stop_timeout <= 0:
+            raise ValueError(f"stop_timeout must be more than 0 seconds, got {stop_timeout}")
+        if start_timeout <= 0:
+            raise ValueError(f"start_timeout must be more than 0 seconds, got {start_timeout}")
         if wait_failure_threshold < 1:
             raise ValueError(
                 f"wait_failure_threshold must be 1 or more, got {wait_failure_threshold}"
@@ -752,6 +788,11 @@ class HealthMonitor:
         self.wait_timeout: Final = float(wait_timeout)
         self.probe_interval: Final = float(probe_interval)
         self.wait_failure_threshold: Final = wait_failure_threshold
+        self.probe_timeout: Final = float(probe_timeout)
+        self.stop_timeout: Final = (
+            self.wait_timeout + 1.0 if stop_timeout is None else float(stop_timeout)
+        )
+        self.start_timeout: Final = float(start_timeout)
         self.clock: Final = clock
         self._on_change = on_change
         self._on_mig_change = on_mig_change
@@ -766,10 +807,14 @@ class HealthMonitor:
         self._wait_failures = 0
         self._last_wait_error: str | None = None
         self._blind = False
-        self._watcher: WatcherLike | None = None
         self._next_watcher_attempt: float | None = None
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
+        #: Probes started and not yet returned, by GPU index.
+        self._inflight: dict[int, _Flight] = {}
+        #: Transitions not yet given to on_change, queued under _lock as they happen.
+        self._pending: deque[HealthChange] = deque()
+        self._emit_lock = threading.RLock()
+        #: The threads of the current start() (None when stopped).
+        self._run: _Run | None = None
         self.set_gpus(gpus)
 
     # ---- defaults -----------------------------------------------------------------------
@@ -848,14 +893,24 @@ class HealthMonitor:
     def _now(self, now: float | None) -> float:
         return self.clock() if now is None else now
 
-    def _emit(self, changes: list[HealthChange]) -> None:
-        if self._on_change is None:
-            return
-        for c in changes:
-            try:
-                self._on_change(c.device_id, c.healthy, c.reason)
-            except Exception:
-                log.exception("health on_change callback failed for %s", c.device_id)
+    def _deliver(self) -> None:
+        """Give the queued transitions to on_change, in order, one call at a time. Call it
+        without holding _lock; transitions are queued (``_pending``) under _lock as they are
+        made, so two threads' transitions reach on_change in the order they happened."""
+        with self._emit_lock:
+            while True:
+                with self._lock:
+                    if not self._pending:
+                        return
+                    batch = list(self._pending)
+                    self._pending.clear()
+                if self._on_change is None:
+                    continue
+                for c in batch:
+                    try:
+                        self._on_change(c.device_id, c.healthy, c.reason)
+                    except Exception:
+                        log.exception("health on_change callback failed for %s", c.device_id)
 
     def _mark(
         self,
@@ -933,7 +988,8 @@ class HealthMonitor:
         with self._lock:
             for st in self._targets(event):
                 self._mark(st, klass, reason, t, xid=xid, lost=lost, out=out)
-        self._emit(out)
+            self._pending.extend(out)
+        self._deliver()
         return out
 
     def wait_failed(
@@ -953,7 +1009,8 @@ class HealthMonitor:
                 if not self.policy.disabled:
                     for st in self._states.values():
                         self._mark(st, klass, reason, t, out=out)
-        self._emit(out)
+            self._pending.extend(out)
+        self._deliver()
         return out
 
     def wait_ok(self, now: float | None = None) -> None:
@@ -988,36 +1045,96 @@ class HealthMonitor:
         log.info("%s marked as reset", device_id)
         return []
 
-    def _probe_all(self) -> dict[int, NvmlError | None]:
-        with self._lock:
-            indices = sorted(self._gpus)
-        results: dict[int, NvmlError | None] = {}
-        for i in indices:
-            try:
-                self._probe(i)
-            except NvmlError as e:
-                results[i] = e
-            else:
-                results[i] = None
-        return results
+    def _call_probe(self, gpu: int) -> tuple[bool, NvmlError | None]:
+        """Run one probe: (whether it came to a result, the NVML error if it failed). Any other
+        exception (a bug, a GPU index NVML no longer has) is logged and applies nothing."""
+        try:
+            self._probe(gpu)
+        except NvmlError as e:
+            return True, e
+        except Exception:
+            log.exception("probe of GPU %d raised", gpu)
+            return False, None
+        return True, None
 
     def step(self, now: float | None = None) -> list[HealthChange]:
-        """Probe every GPU when a probe is due (every ``probe_interval``) and apply the
-        results: recovery, and GPUs found lost. Returns the transitions."""
-        t = self._now(now)
-        if self.policy.disabled:
+        """Start a probe of every GPU when one is due (every ``probe_interval``) and mark GPUs
+        whose probe has been running for ``probe_timeout`` or more; returns the transitions.
+
+        With the threads running (:meth:`start`), each GPU's probe runs on that GPU's worker and
+        its result is applied when it returns; a GPU whose previous probe has not returned is
+        not probed again. Without them, the probes run here, one GPU after another, and their
+        results (recovery, GPUs found lost) are applied at ``now``.
+        """
+        return self._step(self._now(now), self._run)
+
+    def _step(self, t: float, run: _Run | None) -> list[HealthChange]:
+        if self.policy.disabled or (run is not None and run.stopping.is_set()):
             return []
+        out: list[HealthChange] = []
+        started: list[tuple[int, _Flight]] = []
         with self._lock:
-            if self._next_probe is not None and t < self._next_probe:
-                return []
-            self._next_probe = t + self.probe_interval
-        results = self._probe_all()
+            if self._next_probe is None or t >= self._next_probe:
+                self._next_probe = t + self.probe_interval
+                for i in sorted(self._gpus):
+                    if i not in self._inflight:
+                        flight = _Flight(i, t, run)
+                        self._inflight[i] = flight
+                        started.append((i, flight))
+            self._mark_overdue(t, out)
+            self._pending.extend(out)
+        self._deliver()
+        if run is not None:
+            for i, flight in started:
+                run.submit(self, i, flight)
+            return out
+        for i, flight in started:
+            done, error = self._call_probe(i)
+            out += self._probe_returned(flight, done, error, t)
+        return out
+
+    def _mark_overdue(self, now: float, out: list[HealthChange]) -> None:
+        """Under _lock: a probe running for ``probe_timeout`` or more fails its GPU (once)."""
+        for i, flight in self._inflight.items():
+            if flight.overdue or now - flight.started < self.probe_timeout:
+                continue
+            flight.overdue = True
+            reason = f"NVML probe of GPU {i} has not returned after {self.probe_timeout:g}s"
+            log.warning("%s", reason)
+            for st in self._states.values():
+                if st.gpu == i:
+                    self._mark(st, "recoverable", reason, now, out=out)
+
+    def _forget(self, flight: _Flight) -> None:
+        """A probe that was handed out but never started (its run stopped first)."""
+        with self._lock:
+            if self._inflight.get(flight.gpu) is flight:
+                del self._inflight[flight.gpu]
+
+    def _probe_returned(
+        self, flight: _Flight, done: bool, error: NvmlError | None, now: float | None = None
+    ) -> list[HealthChange]:
+        """A probe came back: apply its result (unless the run it belongs to was stopped)."""
+        t = self._now(now)
         out: list[HealthChange] = []
         with self._lock:
-            for st in self._states.values():
-                if st.gpu in results:
-                    self._apply_probe(st, results[st.gpu], t, out)
-        self._emit(out)
+            if self._inflight.get(flight.gpu) is flight:
+                del self._inflight[flight.gpu]
+            if flight.run is not None and flight.run.stopping.is_set():
+                return out
+            if flight.overdue:
+                log.warning(
+                    "NVML probe of GPU %d returned after %.1fs (%s)",
+                    flight.gpu,
+                    t - flight.started,
+                    "passed" if done and error is None else error or "no result",
+                )
+            if done:
+                for st in self._states.values():
+                    if st.gpu == flight.gpu:
+                        self._apply_probe(st, error, t, out)
+            self._pending.extend(out)
+        self._deliver()
         return out
 
     def _apply_probe(
@@ -1087,24 +1204,64 @@ class HealthMonitor:
         return w
 
     def start(self) -> None:
-        """Create the event watcher and start the monitor thread (no-op when health checks are
-        disabled, or when already started)."""
-        if self.policy.disabled or self._thread is not None:
+        """Start the threads (no-op when health checks are disabled, or when already started).
+
+        Returns once the event thread has made its first attempt at creating the watcher (events
+        from then on are seen), or after ``start_timeout`` seconds if NVML is slow to answer
+        (the event thread goes on trying; the probes already run).
+        """
+        if self.policy.disabled or self._run is not None:
             return
-        self._stop.clear()
-        self._watcher = self._make_watcher(self.clock())
-        self._thread = threading.Thread(target=self._run, name="gpulet-health", daemon=True)
-        self._thread.start()
+        with self._lock:
+            self._next_watcher_attempt = None
+        run = self._run = _Run()
+        run.events = threading.Thread(
+            target=self._events_loop, args=(run,), name="gpulet-health-events", daemon=True
+        )
+        run.scheduler = threading.Thread(
+            target=self._probe_loop, args=(run,), name="gpulet-health-probes", daemon=True
+        )
+        run.events.start()
+        run.scheduler.start()
+        if not run.ready.wait(self.start_timeout):
+            log.warning(
+                "the NVML event watcher is not ready after %gs; health monitoring goes on "
+                "without events until it is",
+                self.start_timeout,
+            )
 
     def stop(self) -> None:
-        """Stop the thread (returns within about ``wait_timeout``) and close the watcher."""
-        self._stop.set()
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join(timeout=self.wait_timeout + 5.0)
-        watcher, self._watcher = self._watcher, None
-        if watcher is not None:
-            watcher.close()
+        """Stop the threads and close the watcher; returns within about ``stop_timeout``
+        seconds, leaving behind (with one WARNING) any thread that is still inside NVML."""
+        run, self._run = self._run, None
+        if run is None:
+            return
+        run.stopping.set()
+        with self._lock:
+            workers = list(run.workers.values())
+        for w in workers:
+            w.wake.set()
+        deadline = time.monotonic() + self.stop_timeout
+        threads = [t for t in (run.events, run.scheduler) if t is not None]
+        threads += [w.thread for w in workers]
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        # The event thread closes its watcher on the way out; if it is still inside NVML (a
+        # wait, or making the watcher), close it from here: the close does not wait for it.
+        watcher = run.watcher
+        if watcher is not None and run.events is not None and run.events.is_alive():
+            try:
+                watcher.close()
+            except Exception:
+                log.exception("closing the NVML event watcher failed")
+        stuck = [t.name for t in (run.events, run.scheduler) if t is not None and t.is_alive()]
+        stuck += [w.thread.name for w in workers if w.busy and w.thread.is_alive()]
+        if stuck:
+            log.warning(
+                "health monitor stopped; leaving behind threads still inside NVML after %gs: %s",
+                self.stop_timeout,
+                ", ".join(stuck),
+            )
 
     def __enter__(self) -> HealthMonitor:
         self.start()
@@ -1113,39 +1270,147 @@ class HealthMonitor:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _run(self) -> None:
-        timeout_ms = max(1, round(self.wait_timeout * 1000))
-        while not self._stop.is_set():
-            try:
-                self._round(timeout_ms)
-            except Exception:
-                log.exception("health monitor round failed")
-                self._stop.wait(self.wait_timeout)
+    # The event thread.
 
-    def _round(self, timeout_ms: int) -> None:
-        watcher = self._watcher
+    def _events_loop(self, run: _Run) -> None:
+        timeout_ms = max(1, round(self.wait_timeout * 1000))
+        try:
+            while not run.stopping.is_set():
+                try:
+                    self._event_round(run, timeout_ms)
+                except Exception:
+                    log.exception("health monitor event round failed")
+                    run.stopping.wait(self.wait_timeout)
+        finally:
+            run.ready.set()
+            watcher, run.watcher = run.watcher, None
+            if watcher is not None:
+                try:
+                    watcher.close()
+                except Exception:
+                    log.exception("closing the NVML event watcher failed")
+
+    def _event_round(self, run: _Run, timeout_ms: int) -> None:
+        watcher = run.watcher
         if watcher is None:
-            watcher = self._watcher = self._make_watcher(self.clock())
-        if watcher is None:
-            self._stop.wait(self.wait_timeout)
-        else:
             try:
-                events = watcher.wait(timeout_ms)
-            except NvmlError as e:
-                now = self.clock()
-                self.wait_failed(e, now)
-                if self._wait_failures >= self.wait_failure_threshold:
-                    # Start afresh with a new event set (at most every probe_interval).
-                    fresh = self._make_watcher(now)
-                    if fresh is not None and fresh is not watcher:
-                        self._watcher = fresh
-                        watcher.close()
-                # A failing wait may return at once: do not spin.
-                self._stop.wait(min(self.wait_timeout, 1.0))
-            else:
-                now = self.clock()
-                self.wait_ok(now)
-                for event in events:
-                    self.handle(event, now)
-                self.update_registrations(watcher.registrations())
-        self.step(self.clock())
+                watcher = run.watcher = self._make_watcher(self.clock())
+            finally:
+                run.ready.set()
+        if watcher is None or run.stopping.is_set():
+            run.stopping.wait(self.wait_timeout)
+            return
+        try:
+            events = watcher.wait(timeout_ms)
+        except NvmlError as e:
+            if run.stopping.is_set():
+                return
+            now = self.clock()
+            self.wait_failed(e, now)
+            if self._wait_failures >= self.wait_failure_threshold:
+                # Start afresh with a new event set (at most every probe_interval).
+                fresh = self._make_watcher(now)
+                if fresh is not None and fresh is not watcher:
+                    run.watcher = fresh
+                    watcher.close()
+            # A failing wait may return at once: do not spin.
+            run.stopping.wait(min(self.wait_timeout, 1.0))
+            return
+        if run.stopping.is_set():
+            return  # stopped while waiting: report nothing more
+        now = self.clock()
+        self.wait_ok(now)
+        for event in events:
+            self.handle(event, now)
+        self.update_registrations(watcher.registrations())
+
+    # The probe scheduler and the per-GPU workers.
+
+    def _probe_loop(self, run: _Run) -> None:
+        tick = min(self.wait_timeout, self.probe_timeout)
+        while not run.stopping.is_set():
+            try:
+                self._step(self.clock(), run)
+            except Exception:
+                log.exception("health monitor probe round failed")
+            run.stopping.wait(tick)
+
+
+@dataclass(eq=False)
+class _Flight:
+    """A probe of one GPU that has started and not yet returned."""
+
+    gpu: int
+    #: Clock time it started.
+    started: float
+    #: The run whose worker makes it (None: made inline by step()).
+    run: _Run | None
+    #: Past probe_timeout, and the GPU marked for it.
+    overdue: bool = False
+
+
+class _Worker:
+    """The thread that probes one GPU, one probe at a time."""
+
+    def __init__(self, monitor: HealthMonitor, run: _Run, gpu: int) -> None:
+        self.gpu = gpu
+        self.wake = threading.Event()
+        self.flight: _Flight | None = None
+        #: Inside the probe (a thread stop() may leave behind).
+        self.busy = False
+        self.thread = threading.Thread(
+            target=self._loop,
+            args=(monitor, run),
+            name=f"gpulet-health-probe-{gpu}",
+            daemon=True,
+        )
+
+    def _loop(self, monitor: HealthMonitor, run: _Run) -> None:
+        while True:
+            self.wake.wait()
+            self.wake.clear()
+            flight, self.flight = self.flight, None
+            if run.stopping.is_set():
+                if flight is not None:
+                    monitor._forget(flight)
+                return
+            if flight is None:
+                continue
+            self.busy = True
+            try:
+                done, error = monitor._call_probe(self.gpu)
+            finally:
+                self.busy = False
+            try:
+                monitor._probe_returned(flight, done, error)
+            except Exception:
+                log.exception("applying the probe of GPU %d failed", self.gpu)
+
+
+class _Run:
+    """The threads and watcher of one start() .. stop()."""
+
+    def __init__(self) -> None:
+        self.stopping = threading.Event()
+        #: Set once the event thread's first attempt at a watcher is over.
+        self.ready = threading.Event()
+        self.events: threading.Thread | None = None
+        self.scheduler: threading.Thread | None = None
+        self.watcher: WatcherLike | None = None
+        #: Probe workers by GPU index (guarded by the monitor's lock).
+        self.workers: dict[int, _Worker] = {}
+
+    def submit(self, monitor: HealthMonitor, gpu: int, flight: _Flight) -> None:
+        """Hand ``flight`` to GPU ``gpu``'s worker (made on first use)."""
+        with monitor._lock:
+            if self.stopping.is_set():
+                monitor._forget(flight)
+                return
+            worker = self.workers.get(gpu)
+            new = worker is None
+            if worker is None:
+                worker = self.workers[gpu] = _Worker(monitor, self, gpu)
+            worker.flight = flight
+            worker.wake.set()
+        if new:
+            worker.thread.start()

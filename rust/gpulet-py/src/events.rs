@@ -243,7 +243,8 @@ impl PyEventWatcher {
             .collect()
     }
 
-    /// Free the event set (waits for an in-flight wait to time out). Idempotent.
+    /// Close the watcher without waiting: the event set is freed now, or, while a wait is in
+    /// flight (however long NVML holds it), when that wait returns. Idempotent.
     fn close(&self, py: Python<'_>) {
         let watcher = Arc::clone(&self.inner);
         py.detach(move || watcher.close());

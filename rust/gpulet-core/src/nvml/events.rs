@@ -23,6 +23,7 @@
 use std::collections::VecDeque;
 use std::os::raw::{c_uint, c_ulonglong};
 use std::ptr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -510,13 +511,16 @@ impl Inner {
 
 /// Watches every GPU of a session (or the ones chosen) for health events.
 ///
-/// All methods take `&self` and may be called from any thread; [`EventWatcher::wait`] holds the
-/// event set for as long as it waits, so [`EventWatcher::close`] returns at the latest when an
-/// in-flight wait times out.
+/// All methods take `&self` and may be called from any thread. [`EventWatcher::wait`] holds the
+/// event set for as long as it waits (which is as long as NVML takes, should NVML hang), so
+/// [`EventWatcher::close`] never waits for it: it marks the watcher closed and, when a call is
+/// in flight, leaves freeing the set to that call once it returns.
 pub struct EventWatcher {
     inner: Mutex<Option<Inner>>,
     /// The registrations as of the last change, readable while a wait is in flight.
     registrations: Mutex<Vec<Registration>>,
+    /// Set by [`EventWatcher::close`]; whoever holds `inner` next frees the set.
+    closing: AtomicBool,
 }
 
 impl std::fmt::Debug for EventWatcher {
@@ -590,6 +594,7 @@ impl EventWatcher {
         Ok(EventWatcher {
             inner: Mutex::new(Some(inner)),
             registrations: Mutex::new(registrations),
+            closing: AtomicBool::new(false),
         })
     }
 
@@ -608,11 +613,18 @@ impl EventWatcher {
     /// naming `nvmlEventSetWait_v2`.
     pub fn wait(&self, timeout_ms: u32) -> Result<Vec<Event>> {
         let started = Instant::now();
-        let mut guard = self.inner.lock();
-        let inner = guard.as_mut().ok_or_else(closed)?;
-        inner.retry_registrations();
-        let result = Self::collect(inner, timeout_ms, started);
-        *self.registrations.lock() = inner.registrations();
+        if self.is_closed() {
+            return Err(closed());
+        }
+        let result = {
+            let mut guard = self.inner.lock();
+            let inner = guard.as_mut().ok_or_else(closed)?;
+            inner.retry_registrations();
+            let result = Self::collect(inner, timeout_ms, started);
+            *self.registrations.lock() = inner.registrations();
+            result
+        };
+        self.finish_close();
         result
     }
 
@@ -663,18 +675,25 @@ impl EventWatcher {
 
     /// Register GPU `gpu` again now (for instance after it was reset). Returns its registration.
     pub fn rearm(&self, gpu: u32) -> Result<Registration> {
-        let mut guard = self.inner.lock();
-        let inner = guard.as_mut().ok_or_else(closed)?;
-        let i = inner
-            .gpus
-            .iter()
-            .position(|w| w.reg.gpu == gpu)
-            .ok_or_else(|| {
-                CoreError::InvalidArgument(format!("GPU {gpu} is not watched by this watcher"))
-            })?;
-        inner.register(i);
-        let reg = inner.gpus[i].reg.clone();
-        *self.registrations.lock() = inner.registrations();
+        if self.is_closed() {
+            return Err(closed());
+        }
+        let reg = {
+            let mut guard = self.inner.lock();
+            let inner = guard.as_mut().ok_or_else(closed)?;
+            let i = inner
+                .gpus
+                .iter()
+                .position(|w| w.reg.gpu == gpu)
+                .ok_or_else(|| {
+                    CoreError::InvalidArgument(format!("GPU {gpu} is not watched by this watcher"))
+                })?;
+            inner.register(i);
+            let reg = inner.gpus[i].reg.clone();
+            *self.registrations.lock() = inner.registrations();
+            reg
+        };
+        self.finish_close();
         Ok(reg)
     }
 
@@ -683,21 +702,34 @@ impl EventWatcher {
         self.registrations.lock().clone()
     }
 
-    /// Free the event set and let go of the NVML session. Waits for an in-flight
-    /// [`EventWatcher::wait`] to return first. Closing twice is harmless; every later wait is
-    /// [`CoreError::InvalidArgument`].
+    /// Close the watcher: every later call is [`CoreError::InvalidArgument`]. Never waits for
+    /// NVML: with no call in flight the event set is freed (and the NVML session let go of)
+    /// here; with a [`EventWatcher::wait`] or [`EventWatcher::rearm`] in flight, that call
+    /// frees it when it returns, however long NVML keeps it. Closing twice is harmless.
     pub fn close(&self) {
-        let inner = self.inner.lock().take();
+        self.closing.store(true, Ordering::SeqCst);
+        self.finish_close();
+    }
+
+    /// Free the event set if [`EventWatcher::close`] was called and nobody holds it. Every
+    /// holder of `inner` calls this after letting go, so the last one frees it: `close` sets
+    /// `closing` before trying the lock, and a holder checks it after releasing.
+    fn finish_close(&self) {
+        if !self.closing.load(Ordering::SeqCst) {
+            return;
+        }
+        let Some(mut guard) = self.inner.try_lock() else {
+            return;
+        };
+        let inner = guard.take();
+        drop(guard);
         drop(inner);
     }
 
-    /// Whether [`EventWatcher::close`] was called.
+    /// Whether [`EventWatcher::close`] was called (the set may still be held by a wait that has
+    /// not returned).
     pub fn is_closed(&self) -> bool {
-        // A wait in flight holds the lock; the watcher is open then.
-        match self.inner.try_lock() {
-            Some(g) => g.is_none(),
-            None => false,
-        }
+        self.closing.load(Ordering::SeqCst)
     }
 }
 
