@@ -2,7 +2,7 @@
 
 Subcommands so far:
 
-- ``gpulet run [--config FILE] [--node-name NAME] [--kubelet-root DIR] [--metrics-port 9400]
+- ``gpulet run [--config FILE] [--node-name NAME] [--kubelet-root DIR] [--metrics-port 9401]
   [--cdi-root DIR]``: the agent: the kubelet device plugin for this node's GPUs.
 - ``gpulet simulate --spec NAME|FILE [--root DIR] [--config FILE] [--metrics-port N]``: the
   whole agent on a simulated node, kubelet directories under DIR; ``--print [--json]`` prints
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import ipaddress
 import json
 import logging
 import os
@@ -26,7 +27,7 @@ import pathlib
 import signal
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 
 from gpulet import config as gconfig
@@ -295,9 +296,14 @@ def _load_config(
     return gconfig.load(args.config, flags=flags)
 
 
-def _serve(cfg: gconfig.Config, options: Any) -> int:
-    """Run the agent until SIGTERM or SIGINT; SIGHUP restarts its servers."""
+def _serve(
+    cfg: gconfig.Config, options: Any, reread: Callable[[], gconfig.Config] | None = None
+) -> int:
+    """Run the agent until SIGTERM or SIGINT. SIGHUP re-reads the config (``reread``) and
+    applies it; a bad new config is logged and the old one stays."""
     from gpulet.agent import Agent
+
+    log = logging.getLogger("gpulet")
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -306,13 +312,40 @@ def _serve(cfg: gconfig.Config, options: Any) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
 
-        restarts: set[asyncio.Task[None]] = set()
+        reloads: set[asyncio.Task[None]] = set()
+        again = False
+
+        async def reload() -> None:
+            nonlocal again
+            while True:
+                again = False
+                if reread is None:
+                    await agent.restart_plugins()
+                else:
+                    try:
+                        new = reread()
+                    except gconfig.ConfigError as e:
+                        agent.stats.reload_failures += 1
+                        agent.last_reload_error = str(e)
+                        log.error(
+                            "SIGHUP: the config is refused, still serving the previous one: %s", e
+                        )
+                    else:
+                        await agent.reload(new)
+                if not again:
+                    return
 
         def hangup() -> None:
-            if agent.readiness.ready:
-                task = loop.create_task(agent.restart_plugins())
-                restarts.add(task)
-                task.add_done_callback(restarts.discard)
+            nonlocal again
+            if reloads:
+                # The running reload may have read the file already: read it once more after.
+                log.info("SIGHUP: a reload is running; reading the config again after it")
+                again = True
+                return
+            log.info("SIGHUP: re-reading the config")
+            task = loop.create_task(reload())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
 
         loop.add_signal_handler(signal.SIGHUP, hangup)
         await agent.run(stop)
@@ -326,8 +359,37 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     _setup_logging()
     cfg = _load_config(args)
-    options = AgentOptions.from_config(cfg, cdi_root=args.cdi_root)
-    return _serve(cfg, options)
+    options = AgentOptions.from_config(
+        cfg, cdi_root=args.cdi_root, http_host=_bind_address(args.bind_address)
+    )
+    return _serve(cfg, options, lambda: _load_config(args))
+
+
+def _bind_address(value: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise BadArgument(
+            f"--bind-address: {value!r} is not an IP address (e.g. 0.0.0.0, 127.0.0.1, ::)"
+        ) from None
+    return value
+
+
+class BadArgument(GpuletError, ValueError):
+    """A command-line argument that cannot be used (exit code 2)."""
+
+
+def _usable_root(root: pathlib.Path) -> pathlib.Path:
+    """``--root``, created if missing, checked to be a writable directory."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BadArgument(f"--root {root}: cannot create it: {e.strerror or e}") from None
+    if not root.is_dir():
+        raise BadArgument(f"--root {root}: not a directory")
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise BadArgument(f"--root {root}: not writable")
+    return root.resolve()
 
 
 #: What ``gpulet simulate`` shows a container when no config file says otherwise: every
@@ -362,9 +424,10 @@ def _cmd_simulate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     from gpulet.agent import AgentOptions
 
     _setup_logging()
+    _bind_address(args.bind_address)
     root = pathlib.Path(args.root or tempfile.mkdtemp(prefix="gpulet-sim-", dir="/tmp"))
-    root.mkdir(parents=True, exist_ok=True)
-    args.kubelet_root = os.fspath(root.resolve())
+    root = _usable_root(root)
+    args.kubelet_root = os.fspath(root)
     has_file = bool(args.config) or any(
         os.environ.get(e) for e in ("CONFIG_FILE", "GFD_CONFIG_FILE")
     )
@@ -375,17 +438,28 @@ def _cmd_simulate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     }
     state = os.environ.get(sim.ENV_STATE) or None
     with sim.simulated(spec, state_path=state):
-        cfg = _load_config(args, extra)
-        if cfg.flags.nvidia_dev_root == "/":
-            dev_root = _simulated_dev_root(root, len(discover().gpus))
-            cfg = dataclasses.replace(
-                cfg, flags=dataclasses.replace(cfg.flags, nvidia_dev_root=os.fspath(dev_root))
-            )
+        gpus = len(discover().gpus)
+
+        def load() -> gconfig.Config:
+            cfg = _load_config(args, extra)
+            if cfg.flags.nvidia_dev_root == "/":
+                try:
+                    dev_root = _simulated_dev_root(root, gpus)
+                except OSError as e:
+                    raise BadArgument(
+                        f"--root {root}: cannot make the stand-in device nodes: {e.strerror or e}"
+                    ) from None
+                cfg = dataclasses.replace(
+                    cfg, flags=dataclasses.replace(cfg.flags, nvidia_dev_root=os.fspath(dev_root))
+                )
+            return cfg
+
+        cfg = load()
         logging.getLogger("gpulet").info(
             "simulating %s; kubelet root %s", sim.spec_path(spec).stem, root
         )
-        options = AgentOptions.from_config(cfg, cdi_root=root / "cdi")
-        return _serve(cfg, options)
+        options = AgentOptions.from_config(cfg, cdi_root=root / "cdi", http_host=args.bind_address)
+        return _serve(cfg, options, load)
 
 
 def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
@@ -475,7 +549,16 @@ def _agent_arguments(p: argparse.ArgumentParser) -> None:
         "--metrics-port",
         metavar="PORT",
         type=int,
-        help="port of /healthz and /readyz (and /metrics); 0 turns it off (default 9400)",
+        help="port of /healthz and /readyz (and /metrics); 0 turns it off (default "
+        f"{gconfig.DEFAULT_METRICS_PORT}; dcgm-exporter's is 9400, so both can run side by side)",
+    )
+    p.add_argument(
+        "--bind-address",
+        metavar="ADDR",
+        default=os.environ.get("GPULET_BIND_ADDRESS", "0.0.0.0"),
+        help="the address that port binds (default: $GPULET_BIND_ADDRESS, else 0.0.0.0: every "
+        "interface, as the kubelet's probes and Prometheus reach a hostNetwork pod on the "
+        "node's address); 127.0.0.1 keeps it on the node",
     )
 
 
@@ -489,7 +572,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             return _cmd_run(args)
         return _cmd_simulate(args, simulate_parser)
-    except (NvmlLibraryNotFound, SpecError, sim.FakeLibraryNotFoundError, gconfig.ConfigError) as e:
+    except (
+        NvmlLibraryNotFound,
+        SpecError,
+        sim.FakeLibraryNotFoundError,
+        gconfig.ConfigError,
+        BadArgument,
+    ) as e:
         print(f"gpulet: {e}", file=sys.stderr)
         return 2
     except (NvmlError, sim.FakeNvmlError, GpuletError) as e:

@@ -83,7 +83,7 @@ def test_defaults() -> None:
     assert (gp.honor_resource_naming, gp.honor_device_subsets, gp.strict) == (False, False, False)
     assert gp.kubelet_root == "/var/lib/kubelet"
     assert gp.node_name is None
-    assert gp.metrics_port == 9400
+    assert gp.metrics_port == 9401
     assert gp.gpu_replicas == ()
     assert gp.health.preset == "xid-catalog"
     assert gp.health.disabled is False
