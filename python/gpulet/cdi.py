@@ -41,6 +41,7 @@ __all__ = [
     "CDI_VERSION",
     "CLASS",
     "CONTROL_DEVICES",
+    "DIR_MODE",
     "KIND",
     "SPEC_FILE",
     "VENDOR",
@@ -48,6 +49,7 @@ __all__ = [
     "device_name",
     "device_paths",
     "gpu_device_paths",
+    "make_dirs",
     "mig_device_paths",
     "read_mig_minors",
     "write_spec",
@@ -284,7 +286,7 @@ def write_spec(
     fsynced. On any error the temporary file is removed and the old spec stays.
     """
     root = pathlib.Path(cdi_root)
-    root.mkdir(parents=True, exist_ok=True)
+    make_dirs(root)
     target = root / name
     data = (json.dumps(spec, indent=2, sort_keys=False) + "\n").encode("utf-8")
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=root)
@@ -311,6 +313,29 @@ def remove_spec(cdi_root: str | os.PathLike[str], name: str = SPEC_FILE) -> bool
         return False
     _fsync_dir(pathlib.Path(cdi_root))
     return True
+
+
+#: Mode of the directories gpulet creates for CDI specs: runtimes read them, only root writes.
+DIR_MODE = 0o755
+
+
+def make_dirs(path: pathlib.Path, mode: int = DIR_MODE) -> None:
+    """Create ``path`` and its missing parents with ``mode`` exactly, whatever the umask (an
+    inherited umask of 000 would otherwise leave them world-writable). Existing directories
+    keep their modes."""
+    missing: list[pathlib.Path] = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        if p.parent == p:
+            break
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, mode)
+        except FileExistsError:
+            continue
+        os.chmod(d, mode)
 
 
 def _fsync_dir(path: pathlib.Path) -> None:

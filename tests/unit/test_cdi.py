@@ -155,3 +155,19 @@ def test_device_paths() -> None:
         "/dev/nvidia-caps/nvidia-cap12",
     ]
     assert cdi.read_mig_minors("/nonexistent") == {}
+
+
+def test_spec_directories_have_explicit_modes_whatever_the_umask(tmp_path: pathlib.Path) -> None:
+    old = os.umask(0)
+    try:
+        root = tmp_path / "run" / "cdi"
+        cdi.write_spec({"cdiVersion": cdi.CDI_VERSION, "kind": cdi.KIND, "devices": []}, root)
+    finally:
+        os.umask(old)
+    for d in (root, root.parent):
+        assert stat.S_IMODE(d.stat().st_mode) == cdi.DIR_MODE, d
+    assert stat.S_IMODE((root / cdi.SPEC_FILE).stat().st_mode) == 0o644
+    # An existing directory keeps its mode.
+    tmp_path.chmod(0o700)
+    cdi.write_spec({"cdiVersion": cdi.CDI_VERSION, "kind": cdi.KIND, "devices": []}, root)
+    assert stat.S_IMODE(tmp_path.stat().st_mode) == 0o700
