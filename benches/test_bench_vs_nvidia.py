@@ -19,7 +19,8 @@ benches/RESULTS.md, "Allocate against NVIDIA's device plugin"):
     pytest benches/test_bench_vs_nvidia.py --benchmark-only -s
     (or GPULET_BENCH_FULL=1 with --benchmark-disable; GPULET_BENCH_CALLS=N sets the count)
 Smoke run (the test command, ``--benchmark-disable``): 5 calls each; proves both plugins answer
-sanely and asserts nothing about speed. GPULET_BENCH_JSON=FILE writes every figure as JSON.
+sanely and asserts nothing about speed. GPULET_BENCH_JSON=FILE writes every figure as JSON;
+GPULET_BENCH_RUN=K puts K in the run column of the table printed at the end.
 
 NVIDIA's binary comes from scripts/nvidia-device-plugin, which builds it into a cache outside the
 checkout on first use (progress printed); without the Go module proxy that first build fails,
@@ -293,7 +294,7 @@ def test_vs_nvidia_empty_rpc(benchmark: Benchmark, peers: Peers) -> None:
     def check(name: str, i: int, response: dp.DevicePluginOptions) -> None:
         assert response.get_preferred_allocation_available, name
 
-    measure(peers, "GetDevicePluginOptions", call, check, benchmark)
+    measure(peers, "GetDevicePluginOptions (floor)", call, check, benchmark)
 
 
 def test_vs_nvidia_allocate(benchmark: Benchmark, peers: Peers) -> None:
@@ -338,7 +339,7 @@ def test_vs_nvidia_preferred(benchmark: Benchmark, peers: Peers, size: int) -> N
         assert ids[i % len(ids)] in chosen, (name, i, chosen)
         assert set(chosen) <= set(ids), (name, i, chosen)
 
-    measure(peers, f"GetPreferredAllocation size {size}", call, check, benchmark)
+    measure(peers, f"GetPreferredAllocation, size {size}", call, check, benchmark)
 
 
 def summary(peers: Peers, nvidia_log: pathlib.Path) -> None:
@@ -351,20 +352,31 @@ def summary(peers: Peers, nvidia_log: pathlib.Path) -> None:
     )
     print(f"\n\ngpulet {gpulet.__version__} vs NVIDIA device plugin {nvidia_plugin.VERSION}")
     print(f"{machine}; load average now {load_average()}")
+    run = os.environ.get("GPULET_BENCH_RUN", "1")
     print(
-        "\n| RPC | gpulet p50 | gpulet p99 | NVIDIA p50 | NVIDIA p99 | p50 ratio | p99 ratio | "
-        "mean ratio | load before/after |"
+        f"\n{peers.calls} timed calls per plugin and RPC after {peers.warmup} untimed; "
+        "p50 / p99 in ms"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(
+        "\n| RPC | run | load (1 min) | gpulet p50 / p99 | NVIDIA p50 / p99 | p50 ratio | "
+        "p99 ratio |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for rpc, row in peers.results.items():
         g, n = row["gpulet"], row["nvidia"]
+        low, high = sorted(
+            float(row[k].split()[0]) for k in ("load_average_before", "load_average_after")
+        )
+        load = f"{low:.1f}" if f"{low:.1f}" == f"{high:.1f}" else f"{low:.1f}-{high:.1f}"
         print(
-            f"| {rpc} | {g['p50'] * 1e3:.2f} ms | {g['p99'] * 1e3:.2f} ms | "
-            f"{n['p50'] * 1e3:.2f} ms | {n['p99'] * 1e3:.2f} ms | {ratio(row, 'p50'):.2f} | "
-            f"{ratio(row, 'p99'):.2f} | {ratio(row, 'mean'):.2f} | "
-            f"{row['load_average_before']} / {row['load_average_after']} |"
+            f"| {rpc} | {run} | {load} | {g['p50'] * 1e3:.2f} / {g['p99'] * 1e3:.2f} | "
+            f"{n['p50'] * 1e3:.2f} / {n['p99'] * 1e3:.2f} | {ratio(row, 'p50'):.2f} | "
+            f"{ratio(row, 'p99'):.2f} |"
         )
     print("(ratio = gpulet / NVIDIA: below 1 means gpulet answers faster)")
+    print(
+        "mean ratios: " + ", ".join(f"{k} {ratio(r, 'mean'):.2f}" for k, r in peers.results.items())
+    )
     lines = [ln for ln in nvidia_log.read_text(errors="replace").splitlines() if ln.strip()]
     print(f"NVIDIA's plugin logged {len(lines)} lines in the run")
     out = os.environ.get("GPULET_BENCH_JSON")
