@@ -63,6 +63,7 @@ from gpulet.config._model import (
     Sharing,
     SharingStrategy,
 )
+from gpulet.config._node import validate_for_node
 from gpulet.config._parse import is_device_ref, resource_name
 from gpulet.config._sources import SETTINGS, Setting, load, parse
 
@@ -119,4 +120,5 @@ __all__ = [
     "parse",
     "parse_go_duration",
     "resource_name",
+    "validate_for_node",
 ]

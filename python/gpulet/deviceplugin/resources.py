@@ -20,6 +20,12 @@ the kubelet sees. It follows NVIDIA's device plugin (``internal/rm/device_map.go
   present in the config only when gpulet's section opted in (the config package drops them
   otherwise, as NVIDIA does).
 
+Before anything is built, the config is checked against the node: a per-GPU key
+(``gpulet.gpuReplicas``, ``gpulet.dra.devices``, a sharing entry's ``devices``) naming a device the
+node lacks, or a resource that would list more than ``MAX_DEVICES_PER_RESOURCE`` devices (its
+ListAndWatch message must fit the kubelet's 4 MiB), is a :class:`gpulet.config.ConfigError`
+naming the field.
+
 Device IDs on the wire are UUIDs (GPU or MIG) or replicas of them, whatever
 ``deviceIDStrategy`` says; that strategy only changes what the container is told.
 """
@@ -34,12 +40,16 @@ from functools import cached_property
 from gpulet import alloc
 from gpulet._core import Gpu, MigDevice, Node
 from gpulet.config import (
+    MAX_DEVICES_PER_RESOURCE,
     RESOURCE_NAME_PREFIX,
     Config,
     DeviceSelector,
+    ReplicatedResource,
     Resource,
     SharingStrategy,
+    validate_for_node,
 )
+from gpulet.config._node import describe_indices, missing_device, node_error
 from gpulet.errors import GpuletError
 
 __all__ = [
@@ -413,11 +423,106 @@ def _model(g: Gpu) -> str | None:
     return g.name
 
 
+def _entry_paths(config: Config) -> list[str]:
+    """The file's path of each entry of the sharing strategy in use, in the order of
+    ``config.sharing.active.resources`` (entries the config package ignored are skipped)."""
+    active = config.sharing.active
+    if active is None:
+        return []
+    section = "sharing.mps" if config.sharing.strategy == "mps" else "sharing.timeSlicing"
+    entry = re.compile(rf"{re.escape(section)}\.resources\[(\d+)\]")
+    dropped = {int(m.group(1)) for p in config.ignored if (m := entry.fullmatch(p)) is not None}
+    kept = (i for i in range(len(active.resources) + len(dropped)) if i not in dropped)
+    return [f"{section}.resources[{i}]" for i, _ in zip(kept, active.resources, strict=False)]
+
+
+def _device_text(devices: Sequence[PhysicalDevice]) -> str:
+    if all(not d.is_mig for d in devices):
+        return f"GPUs {describe_indices(d.gpu_index for d in devices)}"
+    return ", ".join(d.index for d in devices)
+
+
+def _check_selector(
+    node: Node,
+    config: Config,
+    e: ReplicatedResource,
+    path: str,
+    devices: Sequence[PhysicalDevice],
+) -> None:
+    """A sharing entry's ``devices`` must name devices of its resource on this node (NVIDIA's
+    plugin fails on such a config too; it only reads ``devices`` with gpulet's opt-in)."""
+    selector = e.devices
+    if selector.kind == "count" and selector.count > len(devices):
+        raise node_error(
+            config,
+            f"{path}.devices",
+            f"asks for the first {selector.count} devices of {e.name}, but this node has "
+            f"{len(devices)} ({_device_text(devices)})",
+        )
+    for j, ref in enumerate(selector.refs):
+        if any(ref in (d.index, d.uuid) for d in devices):
+            continue
+        problem = missing_device(node, ref)
+        if problem is None:
+            problem = (
+                f"{ref} is not a device of {e.name} on this node (its devices: "
+                f"{_device_text(devices)})"
+            )
+            if config.gpulet.dra.enabled and any(
+                ref in (str(g.index), g.uuid) and g not in served_gpus(node, config)
+                for g in node.gpus
+            ):
+                problem += "; gpulet.dra.devices gives it to DRA"
+        raise node_error(config, f"{path}.devices[{j}]", problem)
+
+
+def _check_size(
+    config: Config, name: str, path: str, entry: ReplicatedResource, plan: list[int]
+) -> None:
+    """One resource's device list, ``plan`` (a count per physical device: 1 when unshared),
+    must fit in one ListAndWatch message (:data:`~gpulet.config.MAX_DEVICES_PER_RESOURCE`)."""
+    total = sum(plan)
+    if total <= MAX_DEVICES_PER_RESOURCE:
+        return
+    shared = sum(1 for n in plan if n > 1)
+    unshared = len(plan) - shared
+    most = (MAX_DEVICES_PER_RESOURCE - unshared) // max(shared, 1)
+    per_gpu = " (with gpulet.gpuReplicas)" if config.gpulet.gpu_replicas else ""
+    raise node_error(
+        config,
+        f"{path}.replicas",
+        f"{entry.replicas} replicas{per_gpu} make {total} {name} devices on this node, above "
+        f"the {MAX_DEVICES_PER_RESOURCE} one resource may advertise (the kubelet takes a "
+        f"resource's device list in one message of at most 4 MiB); use at most {most} replicas "
+        "per device",
+    )
+
+
+def _unused_replica_refs(config: Config, used: set[str]) -> list[str]:
+    notes = []
+    for i, entry in enumerate(config.gpulet.gpu_replicas):
+        for j, ref in enumerate(entry.devices.refs):
+            if ref not in used:
+                notes.append(
+                    f"gpulet.gpuReplicas[{i}].devices[{j}]: {ref} is not a shared device on "
+                    "this node (sharing does not select it, or it is advertised as part of "
+                    "another device, or DRA serves it); its count is not used"
+                )
+    return notes
+
+
 def build_inventory(node: Node, config: Config) -> Inventory:
     """The resources and devices to advertise for ``node`` under ``config``.
 
-    Raises :class:`ResourceError` when they cannot be advertised together.
+    Checks the config against the node first (:func:`gpulet.config.validate_for_node`, then
+    each sharing entry's devices against its resource, and each resource's device count).
+
+    Raises:
+        ConfigError: a per-GPU key names a device the node does not have, or a resource would
+            advertise more than :data:`~gpulet.config.MAX_DEVICES_PER_RESOURCE` devices.
+        ResourceError: the node and the config cannot be advertised together.
     """
+    validate_for_node(config, node)
     gpus = served_gpus(node, config)
     notes: list[str] = []
     base = _base_devices(gpus, config, notes)
@@ -428,28 +533,46 @@ def build_inventory(node: Node, config: Config) -> Inventory:
     plugin: dict[str, list[PluginDevice]] = {}
     shared_resources: dict[str, tuple[SharingStrategy, bool]] = {}
     gpu_replicas: dict[str, int] = {}
+    used_refs: set[str] = set()
 
     entries = list(active.resources) if active is not None else []
+    paths = _entry_paths(config)
     if config.gpulet.gpu_replicas and active is None:
         notes.append("gpulet.gpuReplicas is set but sharing is not: nothing is shared")
     for name, devices in base.items():
-        own = [e for e in entries if e.name == name]
+        own = [(e, p) for e, p in zip(entries, paths, strict=True) if e.name == name]
         if not own:
             plugin.setdefault(name, []).extend(PluginDevice(d.uuid, name, d) for d in devices)
             continue
+        for e, path in own:
+            _check_selector(node, config, e, path, devices)
         assigned: dict[str, int] = {}
-        for i, e in enumerate(own):
+        for i, (e, _) in enumerate(own):
             for uuid in _pick(e.devices, devices):
                 assigned.setdefault(uuid, i)
+        # What each device becomes, before any replica is made: (device, count, target).
+        layout: list[tuple[PhysicalDevice, int, str, int | None]] = []
         for d in devices:
             entry_index = assigned.get(d.uuid)
             count = 1
             target = name
             if entry_index is not None:
-                e = own[entry_index]
+                e = own[entry_index][0]
+                used_refs.update((d.index, d.uuid, str(d.gpu_index), d.gpu_uuid))
                 override = _replica_override(config, d)
                 count = e.replicas if override is None else override
-                target = e.rename or e.name
+                target = (e.rename or e.name) if count > 1 else name
+            layout.append((d, count, target, entry_index))
+        for target in {t for _, _, t, _ in layout}:
+            plan = [c for _, c, t, _ in layout if t == target]
+            plan += [1] * len(plugin.get(target, ()))
+            culprit = next(
+                (i for _, c, t, i in layout if t == target and c > 1 and i is not None), None
+            )
+            if culprit is not None:
+                e, path = own[culprit]
+                _check_size(config, target, path, e, plan)
+        for d, count, target, _ in layout:
             if count <= 1:
                 plugin.setdefault(name, []).append(PluginDevice(d.uuid, name, d))
                 continue
@@ -477,6 +600,8 @@ def build_inventory(node: Node, config: Config) -> Inventory:
     for e in entries:
         if e.name not in base:
             notes.append(f"sharing names {e.name}, which this node does not advertise")
+    if active is not None:
+        notes.extend(_unused_replica_refs(config, used_refs))
 
     resources = []
     for name in sorted(plugin):
