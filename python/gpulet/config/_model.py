@@ -106,7 +106,8 @@ MAX_XID = 2**64 - 1
 MAX_DURATION = timedelta(days=365)
 #: Largest config file read.
 MAX_CONFIG_BYTES = 64 * 1024
-#: Deepest nesting of lists and mappings in a config file (a valid one needs 6).
+#: Deepest nesting of lists and mappings in a config file, values at the bottom counted (a valid
+#: one needs 7).
 MAX_NESTING = 32
 #: Most YAML nodes a config file may hold, counting each use of an alias as a copy of what it
 #: names (a file under MAX_CONFIG_BYTES holds fewer than this unless aliases multiply it).
