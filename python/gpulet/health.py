@@ -812,7 +812,7 @@ class HealthMonitor:
         self._inflight: dict[int, _Flight] = {}
         #: Transitions not yet given to on_change, queued under _lock as they happen.
         self._pending: deque[HealthChange] = deque()
-        self._emit_lock = threading.RLock()
+        self._emit_lock = threading.Lock()
         #: The threads of the current start() (None when stopped).
         self._run: _Run | None = None
         self.set_gpus(gpus)
@@ -895,22 +895,32 @@ class HealthMonitor:
 
     def _deliver(self) -> None:
         """Give the queued transitions to on_change, in order, one call at a time. Call it
-        without holding _lock; transitions are queued (``_pending``) under _lock as they are
-        made, so two threads' transitions reach on_change in the order they happened."""
-        with self._emit_lock:
-            while True:
-                with self._lock:
-                    if not self._pending:
-                        return
-                    batch = list(self._pending)
-                    self._pending.clear()
-                if self._on_change is None:
-                    continue
-                for c in batch:
-                    try:
-                        self._on_change(c.device_id, c.healthy, c.reason)
-                    except Exception:
-                        log.exception("health on_change callback failed for %s", c.device_id)
+        without holding _lock. Transitions are queued (``_pending``) under _lock as they are
+        made, so two threads' transitions reach on_change in the order they happened. A thread
+        that finds another delivering leaves its transitions to that one and returns."""
+        while True:
+            with self._lock:
+                if not self._pending:
+                    return
+            if not self._emit_lock.acquire(blocking=False):
+                return  # the thread delivering now delivers ours too (it re-checks below)
+            try:
+                while True:
+                    with self._lock:
+                        if not self._pending:
+                            break
+                        batch = list(self._pending)
+                        self._pending.clear()
+                    if self._on_change is None:
+                        continue
+                    for c in batch:
+                        try:
+                            self._on_change(c.device_id, c.healthy, c.reason)
+                        except Exception:
+                            log.exception("health on_change callback failed for %s", c.device_id)
+            finally:
+                self._emit_lock.release()
+            # Something queued between the last check and the release is ours to deliver.
 
     def _mark(
         self,

@@ -394,3 +394,54 @@ def test_new_bad_arguments() -> None:
         HealthMonitor(CATALOG, GPUS, start_timeout=0)
     m = HealthMonitor(CATALOG, GPUS, wait_timeout=2.0)
     assert (m.probe_timeout, m.stop_timeout, m.start_timeout) == (5.0, 3.0, 10.0)
+
+
+def test_on_change_calls_never_overlap_and_keep_the_order_of_the_transitions() -> None:
+    probes = Probes()
+    calls: list[tuple[str, bool]] = []
+    inside = [0]
+    overlapped = threading.Event()
+    entered, go = threading.Event(), threading.Event()
+
+    def on_change(device: str, healthy: bool, reason: str) -> None:
+        inside[0] += 1
+        if inside[0] > 1:
+            overlapped.set()
+        calls.append((device, healthy))
+        if (device, healthy) == ("GPU-0", False):
+            entered.set()
+            go.wait(LIMIT)
+        inside[0] -= 1
+
+    m = HealthMonitor(CATALOG, GPUS, probe=probes, on_change=on_change, recovery_period=0.0)
+    down = threading.Thread(target=m.handle, args=(xid(0, 144), 0.0), daemon=True)
+    down.start()
+    assert entered.wait(LIMIT)  # on_change is busy with GPU-0 going down
+    up = threading.Thread(target=m.step, args=(1.0,), daemon=True)
+    up.start()  # the probe passes: GPU-0 recovers while the first call still runs
+    deadline = threading.Event()
+    for _ in range(int(LIMIT / 0.01)):
+        if m.status("GPU-0").healthy or deadline.wait(0.01):
+            break
+    assert m.status("GPU-0").healthy
+    go.set()
+    down.join(LIMIT)
+    up.join(LIMIT)
+    assert not down.is_alive()
+    assert not up.is_alive()
+    assert not overlapped.is_set()
+    assert calls == [("GPU-0", False), ("GPU-0", True)]
+
+
+def test_an_on_change_that_makes_a_transition_gets_it_after_the_ones_before() -> None:
+    calls: list[tuple[str, bool]] = []
+    m: HealthMonitor | None = None
+
+    def on_change(device: str, healthy: bool, reason: str) -> None:
+        calls.append((device, healthy))
+        if device == "GPU-1" and m is not None:
+            m.handle(xid(2, 48), 1.0)  # while GPU-1's MIG device waits for its call
+
+    m = HealthMonitor(CATALOG, GPUS, probe=Probes(), on_change=on_change)
+    m.handle(xid(1, 48), 0.0)
+    assert calls == [("GPU-1", False), ("MIG-1a", False), ("GPU-2", False)]
