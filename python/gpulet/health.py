@@ -1417,10 +1417,9 @@ class _Run:
                 monitor._forget(flight)
                 return
             worker = self.workers.get(gpu)
-            new = worker is None
             if worker is None:
+                # Started under the lock, so stop() never sees a worker it cannot join.
                 worker = self.workers[gpu] = _Worker(monitor, self, gpu)
+                worker.thread.start()
             worker.flight = flight
             worker.wake.set()
-        if new:
-            worker.thread.start()
