@@ -385,7 +385,7 @@ class Agent:
         await self.reconcile()
         if self.options.cdi_root is not None:
             await self._write_cdi()
-        self._start_health(node, state)
+        await self._start_health(node, state)
 
         plugin_dir = self.options.plugin_dir
         try:
@@ -457,17 +457,21 @@ class Agent:
                 raise StartupError(f"{why} (the device list strategy needs it)") from None
             log.warning("no CDI spec: %s", why)
 
-    def _start_health(self, node: Node, state: AgentState) -> None:
+    async def _start_health(self, node: Node, state: AgentState) -> None:
         if self._health_factory is None:
             return
+
+        def on_change(device_id: str, healthy: bool, reason: str) -> None:
+            # From any of the monitor's threads (never two at once); after a SIGHUP reload the
+            # current state is another object.
+            current = self.state if self.state is not None else state
+            current.set_health(device_id, healthy, reason)
+
         try:
-
-            def on_change(device_id: str, healthy: bool, reason: str) -> None:
-                current = self.state if self.state is not None else state
-                current.set_health(device_id, healthy, reason)
-
             monitor = self._health_factory(node, on_change)
-            monitor.start()
+            # start() makes the NVML event watcher, which a wedged driver can hold up: off the
+            # loop, in a daemon thread.
+            await off_loop(monitor.start, "gpulet-health-start")
         except Exception as e:  # the agent serves without health monitoring rather than not at all
             log.warning("health monitoring is off: %s", e)
             return
