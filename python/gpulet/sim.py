@@ -127,8 +127,9 @@ def _dev_candidates() -> list[pathlib.Path]:
 def fake_library_path() -> pathlib.Path:
     """Where the fake NVML library is.
 
-    In order: ``$GPULET_FAKE_NVML_PATH``; the copy the wheel ships
-    (``gpulet/_fakenvml/libnvidia-ml.so.1``); in a development checkout, the newest
+    In order: ``$GPULET_FAKE_NVML_PATH``; the copy built with the package
+    (``gpulet/_fakenvml/libnvidia-ml.so.1``: every maturin or pip build of gpulet for Linux
+    makes it, an editable install included); in a development checkout, the newest
     ``libfakenvml.so`` under ``$CARGO_TARGET_DIR`` or the repository's ``target/``.
     """
     override = os.environ.get(ENV_FAKE_LIBRARY)
@@ -146,9 +147,10 @@ def fake_library_path() -> pathlib.Path:
     if candidates:
         return max(candidates, key=lambda p: p.stat().st_mtime).resolve()
     raise FakeLibraryNotFoundError(
-        "the fake NVML library is not built: run `cargo build -p fakenvml` in the gpulet "
-        f"repository (it produces target/debug/{_DEV_LIBRARY_NAME}), or set {ENV_FAKE_LIBRARY} "
-        "to the library's path"
+        f"the fake NVML library is not built: {_PACKAGED_LIBRARY} is missing (a build of the "
+        "gpulet package for Linux makes it: pip install, or scripts/build in a checkout); in "
+        "the gpulet repository `cargo build -p fakenvml` also works (it makes "
+        f"target/debug/{_DEV_LIBRARY_NAME}), or set {ENV_FAKE_LIBRARY} to the library's path"
     )
 
 
