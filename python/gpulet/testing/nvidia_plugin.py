@@ -7,7 +7,8 @@ The binary is built by ``scripts/nvidia-device-plugin`` into a cache outside the
 
 - The plugin always serves on ``/var/lib/kubelet/device-plugins/<name>.sock`` and watches that
   directory for ``kubelet.sock``, whatever its flags say. So it runs in a private mount namespace
-  (``unshare --mount``, root only) where the scratch kubelet root is bind-mounted on
+  (``unshare --mount``; for a user that is not root, in a user namespace too) where the
+  scratch kubelet root is bind-mounted on
   ``/var/lib/kubelet``: a kubelet (gpulet's stand-in) listening on ``ROOT/device-plugins/
   kubelet.sock`` outside is the socket the plugin dials inside, and the plugin's socket appears
   in ``ROOT/device-plugins/`` for clients outside. If ``/var/lib/kubelet`` does not exist it is
@@ -70,7 +71,12 @@ _NVML_SONAME: Final = "libnvidia-ml.so.1"
 # plugin's command line.
 _NAMESPACE_SCRIPT: Final = """set -e
 mount --make-rprivate /
-mkdir -p /var/lib/kubelet
+if ! mkdir -p /var/lib/kubelet 2>/dev/null; then
+    # Not root outside (a user namespace): /var/lib is not ours to write; a tmpfs over it,
+    # seen only in this namespace, gives the mount point.
+    mount -t tmpfs tmpfs /var/lib
+    mkdir -p /var/lib/kubelet
+fi
 mount --bind "$1" /var/lib/kubelet
 mount --bind "$2" /sys/bus/pci/devices
 shift 2
@@ -185,11 +191,6 @@ class NvidiaDevicePlugin:
                 f"no NVIDIA device plugin binary at {self.binary}; build it with "
                 "scripts/nvidia-device-plugin build"
             )
-        if os.geteuid() != 0:
-            raise NvidiaPluginError(
-                "NVIDIA's device plugin serves only under /var/lib/kubelet; running it on a "
-                "scratch kubelet root needs a private mount namespace, which needs root"
-            )
         if shutil.which("unshare") is None:
             raise NvidiaPluginError("no `unshare` (util-linux) on PATH")
 
@@ -217,7 +218,12 @@ class NvidiaDevicePlugin:
             sysfs.mkdir()
             self.numa = write_sysfs(self.sim.spec_path, sysfs)
             env = self.environment()
-            command = ["unshare", "--mount", "--propagation", "private", "sh", "-c"]
+            # As root, a mount namespace; otherwise a user namespace that maps the caller to root
+            # in it (unprivileged user namespaces must be enabled).
+            command = ["unshare"]
+            if os.geteuid() != 0:
+                command += ["--user", "--map-root-user"]
+            command += ["--mount", "--propagation", "private", "sh", "-c"]
             command += [_NAMESPACE_SCRIPT, "sh", str(self.root), str(sysfs)]
             command += [str(self.binary), *self.args]
             self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
@@ -282,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m gpulet.testing.nvidia_plugin",
         description="Run NVIDIA's device plugin on a simulated node with gpulet's kubelet "
-        "stand-in, in a private mount namespace (root only). Arguments after -- go to the plugin.",
+        "stand-in, in a private mount namespace. Arguments after -- go to the plugin.",
     )
     parser.add_argument("--binary", type=pathlib.Path, default=None, help="default: the cache")
     parser.add_argument("--spec", default="dgx-h100", help="shipped spec name or file")
