@@ -1,14 +1,16 @@
 """gpulet's exceptions.
 
-Every error the Rust core raises is an instance of one of these classes (the mapping lives in one
-place, ``rust/gpulet-py/src/errors.rs``). Each message says what was wrong and what would be right.
-The classes that describe bad input also derive from :class:`ValueError`, so code that already
-catches ``ValueError`` keeps working.
+Every exception gpulet raises derives from :class:`GpuletError`, so one ``except GpuletError``
+catches them all. Every error the Rust core raises is an instance of one of the classes below
+(the mapping lives in one place, ``rust/gpulet-py/src/errors.rs``); the other modules define their
+own subclasses (``gpulet.sim.FakeNvmlError``, ``gpulet.config.ConfigError``, ...). Each message
+says what was wrong and what would be right. The classes that describe bad input also derive from
+:class:`ValueError`, so code that already catches ``ValueError`` keeps working.
+
+This module imports nothing from gpulet, so that every other module can import it.
 """
 
 from __future__ import annotations
-
-from gpulet.sim import SpecError
 
 __all__ = [
     "ConflictError",
@@ -90,3 +92,9 @@ class ConflictError(GpuletError):
 
 class SnapshotError(GpuletError, ValueError):
     """A ledger snapshot could not be decoded (bad schema version, corrupt data)."""
+
+
+class SpecError(GpuletError, ValueError):
+    """A node spec that cannot be simulated: missing, malformed, or inconsistent (an unknown
+    model, overlapping MIG placements, a link to a GPU that does not exist, ...). The message is
+    the fake NVML's own, naming the file, the field and the value. Raised by :mod:`gpulet.sim`."""

@@ -30,6 +30,18 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+try:
+    from gpulet.errors import GpuletError, SpecError
+except ImportError:  # pragma: no cover - only when this file is loaded on its own
+    # The fake's tests load this file by path when the package cannot be imported yet (its
+    # extension not built); gpulet.errors is then out of reach, so stand-ins take its place.
+    class GpuletError(Exception):  # type: ignore[no-redef]
+        """Stands in for ``gpulet.errors.GpuletError``."""
+
+    class SpecError(GpuletError, ValueError):  # type: ignore[no-redef]
+        """Stands in for ``gpulet.errors.SpecError``."""
+
+
 __all__ = [
     "ENV_FAKE_LIBRARY",
     "ENV_NVML_LIB",
@@ -69,17 +81,11 @@ _BAD_SPEC: Final = 1
 _STATE_PATH_BUFFER: Final = 4096
 
 
-class SpecError(ValueError):
-    """A node spec that cannot be simulated: missing, malformed, or inconsistent (an unknown
-    model, overlapping MIG placements, a link to a GPU that does not exist, ...). The message is
-    the fake's own, naming the file, the field and the value."""
-
-
-class FakeNvmlError(RuntimeError):
+class FakeNvmlError(GpuletError, RuntimeError):
     """The fake NVML refused a control command or could not use its state file."""
 
 
-class FakeLibraryNotFoundError(FileNotFoundError):
+class FakeLibraryNotFoundError(GpuletError, FileNotFoundError):
     """The fake ``libnvidia-ml.so.1`` has not been built (or ``GPULET_FAKE_NVML_PATH`` names
     a file that does not exist)."""
 

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Final
 
+from gpulet.errors import GpuletError
+
 __all__ = [
     "IN_ATTRIB",
     "IN_CLOSE_WRITE",
@@ -63,7 +65,7 @@ _HEADER: Final = struct.Struct("iIII")  # wd, mask, cookie, len
 _READ_SIZE: Final = 64 * 1024
 
 
-class InotifyError(OSError):
+class InotifyError(GpuletError, OSError):
     """An inotify call failed (``errno`` and the path, when there is one, are set)."""
 
 

@@ -44,6 +44,7 @@ from typing import IO, Any, Final
 
 import yaml
 
+from gpulet.errors import GpuletError
 from gpulet.sim import Simulation, simulated, spec_path
 
 __all__ = [
@@ -84,7 +85,7 @@ exec "$@"
 """
 
 
-class NvidiaPluginError(RuntimeError):
+class NvidiaPluginError(GpuletError, RuntimeError):
     """NVIDIA's plugin could not be started here (not root, no ``unshare``, a MIG spec, the
     binary missing or exiting early); the message says which."""
 
