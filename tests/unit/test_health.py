@@ -3,24 +3,27 @@ synthetic events (no NVML, no thread, no sleep; one test runs the thread with a 
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import queue
+import subprocess
+import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, Literal
 
 import pytest
 
 from gpulet._core import Event
-from gpulet.config import NVIDIA_DEVICE_PLUGIN_IGNORED_XIDS as CONFIG_IGNORED
 from gpulet.config import HealthPolicy
 from gpulet.errors import InvalidArgumentError, NvmlError
 from gpulet.health import (
     DEFAULT_XID_CLASS,
     GPU_IS_LOST,
     HEALTH_CLASSES,
-    NVIDIA_DEVICE_PLUGIN_IGNORED_XIDS,
     XID_CATALOG,
     GpuRef,
     HealthChange,
@@ -119,8 +122,43 @@ def test_the_catalog_table_covers_the_xids_that_matter() -> None:
     assert DEFAULT_XID_CLASS == "recoverable"
 
 
-def test_the_nvidia_preset_is_the_configs_list() -> None:
-    assert set(CONFIG_IGNORED) == NVIDIA_DEVICE_PLUGIN_IGNORED_XIDS == {13, 31, 43, 45, 68, 109}
+def _gpulet_imports(module: str) -> set[str]:
+    """The gpulet modules ``module`` imports, read from its source."""
+    spec = importlib.util.find_spec(module)
+    assert spec is not None
+    assert spec.origin is not None
+    tree = ast.parse(Path(spec.origin).read_text())
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module is not None:
+            out.add(node.module)
+    return {m for m in out if m.split(".")[0] == "gpulet"}
+
+
+def test_the_health_layers_import_downwards_only() -> None:
+    # catalog: data only; policy: reads the catalog; monitor: applies the policy (NVML only
+    # through gpulet._core, imported on use).
+    assert _gpulet_imports("gpulet.health.catalog") == {"gpulet.config"}
+    assert _gpulet_imports("gpulet.health.policy") == {"gpulet.config", "gpulet.health.catalog"}
+    assert _gpulet_imports("gpulet.health.monitor") == {
+        "gpulet._core",
+        "gpulet.config",
+        "gpulet.errors",
+        "gpulet.health.catalog",
+        "gpulet.health.policy",
+    }
+
+
+def test_the_health_package_imports_without_grpc() -> None:
+    code = (
+        "import sys, gpulet.health; "
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('grpc', 'google')); "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 @pytest.mark.parametrize(

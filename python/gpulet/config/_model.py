@@ -115,6 +115,7 @@ MAX_YAML_NODES = 100_000
 
 #: XIDs that NVIDIA's device plugin never treats as fatal (``internal/rm/health.go``); the
 #: ``nvidia-device-plugin`` health preset ignores these and treats every other XID as fatal.
+#: The only copy: :mod:`gpulet.health.catalog` imports it from here.
 NVIDIA_DEVICE_PLUGIN_IGNORED_XIDS: tuple[int, ...] = (13, 31, 43, 45, 68, 109)
 
 

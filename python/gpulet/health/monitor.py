@@ -1,29 +1,12 @@
-"""The health engine: XID policy and a per-device health state machine that recovers.
-
-NVML events (XID critical errors, ECC errors, GPUs falling off the bus) come through the core's
-:class:`gpulet._core.EventWatcher`; each one is classified by the configured policy
-(:class:`gpulet.config.HealthPolicy`) into a :data:`HealthClass`:
-
-``ignore``
-    The GPU stays healthy (the application's fault, or informational).
-``recoverable``
-    Unhealthy until the GPU passes its re-probe (:func:`gpulet._core.probe`) continuously for
-    ``recovery_period``; a failing probe, or another such event, starts the period again.
-``reset-required``
-    Unhealthy until the GPU has been reset: either the monitor saw it gone
-    (``NVML_ERROR_GPU_IS_LOST``, or XID 79) and then answer again, or an operator called
-    :meth:`HealthMonitor.mark_reset`. After the reset it recovers as ``recoverable`` does.
-``permanent``
-    Unhealthy until gpulet restarts or an operator calls :meth:`HealthMonitor.mark_reset` (what
-    NVIDIA's device plugin does with every XID it does not ignore; used by the
-    ``nvidia-device-plugin`` preset).
+"""The health monitor: per-device health state, and the threads that feed it.
 
 :class:`HealthMonitor` owns the state of every GPU and MIG device (by UUID) and the threads that
 wait for events and re-probe the GPUs (one event thread, one probe scheduler, one probe worker
 per GPU, so that an NVML call that hangs on one GPU holds back neither the events nor the other
 GPUs' probes, and :meth:`HealthMonitor.stop` returns in bounded time whatever NVML does). Its
 state machine is driven through :meth:`HealthMonitor.handle` and :meth:`HealthMonitor.step` with
-an injectable clock, so tests need no thread and no sleep. See docs/health.md.
+an injectable clock, so tests need no thread and no sleep. What an event means is
+:mod:`gpulet.health.policy`'s decision; this module applies it.
 """
 
 from __future__ import annotations
@@ -33,522 +16,37 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from types import MappingProxyType
-from typing import Any, Final, Literal, NamedTuple, Protocol, cast
+from typing import Any, Final, NamedTuple, Protocol, cast
 
 from gpulet.config import HealthPolicy
 from gpulet.errors import NvmlError
+from gpulet.health.catalog import GPU_IS_LOST, HealthClass
+from gpulet.health.policy import (
+    PROBE_TIMEOUT_CLASS,
+    SEVERITY,
+    EventLike,
+    classify_event,
+    lost_class,
+    marks_lost,
+    wait_failure_class,
+)
 
 __all__ = [
-    "DEFAULT_XID_CLASS",
-    "GPU_IS_LOST",
-    "HEALTH_CLASSES",
-    "NVIDIA_DEVICE_PLUGIN_IGNORED_XIDS",
-    "XID_CATALOG",
-    "DeviceStatus",
+    "DeviceHealth",
     "GpuRef",
     "HealthChange",
-    "HealthClass",
     "HealthMonitor",
     "MigRef",
-    "XidInfo",
-    "classify_event",
-    "classify_xid",
+    "OnChange",
+    "Probe",
+    "WatcherLike",
     "gpus_from_node",
 ]
 
 log = logging.getLogger("gpulet.health")
-
-HealthClass = Literal["ignore", "recoverable", "reset-required", "permanent"]
-HEALTH_CLASSES: Final[tuple[HealthClass, ...]] = (
-    "ignore",
-    "recoverable",
-    "reset-required",
-    "permanent",
-)
-_SEVERITY: Final[Mapping[HealthClass, int]] = MappingProxyType(
-    {"ignore": 0, "recoverable": 1, "reset-required": 2, "permanent": 3}
-)
-
-#: ``NVML_ERROR_GPU_IS_LOST``: the GPU fell off the bus.
-GPU_IS_LOST: Final = 15
-#: The XID NVML reports when it cannot name the XID.
-XID_UNKNOWN: Final = 999
-
-#: XIDs NVIDIA's device plugin ignores (``internal/rm/health.go``); every other XID marks a GPU
-#: unhealthy there, for good.
-NVIDIA_DEVICE_PLUGIN_IGNORED_XIDS: Final[frozenset[int]] = frozenset({13, 31, 43, 45, 68, 109})
-
-
-@dataclass(frozen=True)
-class XidInfo:
-    """One XID of NVIDIA's XID catalog and the class gpulet's default preset gives it."""
-
-    xid: int
-    #: NVIDIA's mnemonic, e.g. ``ROBUST_CHANNEL_GPU_ECC_DBE``.
-    mnemonic: str
-    description: str
-    #: The catalog's immediate-action resolution bucket, e.g. ``RESET_GPU``.
-    catalog_action: str
-    health_class: HealthClass
-
-
-#: Any XID the catalog table below does not list (including 999, "unknown").
-DEFAULT_XID_CLASS: Final[HealthClass] = "recoverable"
-
-
-def _table() -> dict[int, XidInfo]:
-    # (xid, mnemonic, description, immediate action in NVIDIA's XID catalog, class). The class
-    # follows the immediate action: IGNORE and RESTART_APP (the GPU is fine, the application
-    # must restart) -> ignore; RESET_GPU, RESTART_BM, RESTART_VM and the DBE / NVLink workflows
-    # that say "a GPU reset or node reboot is needed" -> reset-required. Where the catalog's
-    # action depends on a sub-code NVML's event does not carry (the NVLink5 XIDs 144-148, 150)
-    # or the XID is unused on current GPUs (61), the class is recoverable.
-    rows: list[tuple[int, str, str, str, HealthClass]] = [
-        (
-            8,
-            "ROBUST_CHANNEL_FIFO_ERROR_IDLE_TIMEOUT",
-            "GPU stopped processing",
-            "RESTART_APP",
-            "ignore",
-        ),
-        (
-            11,
-            "ROBUST_CHANNEL_GR_ERROR_MISSING_HW",
-            "Invalid or corrupted push buffer stream",
-            "RESTART_APP",
-            "ignore",
-        ),
-        (13, "ROBUST_CHANNEL_GR_EXCEPTION", "Graphics Engine Exception", "RESTART_APP", "ignore"),
-        (14, "ROBUST_CHANNEL_FAKE_ERROR", "Fake or injected error", "IGNORE", "ignore"),
-        (
-            25,
-            "ROBUST_CHANNEL_GR_ILLEGAL_NOTIFY",
-            "Invalid or illegal push buffer stream",
-            "RESTART_APP",
-            "ignore",
-        ),
-        (
-            31,
-            "ROBUST_CHANNEL_FIFO_ERROR_MMU_ERR_FLT",
-            "GPU memory page fault",
-            "RESTART_APP",
-            "ignore",
-        ),
-        (
-            32,
-            "ROBUST_CHANNEL_PBDMA_ERROR",
-            "Invalid or corrupted push buffer stream (PBDMA)",
-            "RESTART_APP",
-            "ignore",
-        ),
-        (
-            37,
-            "ROBUST_CHANNEL_FECS_ERR_UNIMP_FIRMWARE_METHOD",
-            "Driver firmware error",
-            "IGNORE",
-            "ignore",
-        ),
-        (
-            38,
-            "ROBUST_CHANNEL_FECS_ERR_WATCHDOG_TIMEOUT",
-            "Driver firmware error",
-            "IGNORE",
-            "ignore",
-        ),
-        (39, "ROBUST_CHANNEL_CE0_ERROR", "Copy Engine Exception", "RESTART_APP", "ignore"),
-        (40, "ROBUST_CHANNEL_CE1_ERROR", "Copy Engine Exception", "RESTART_APP", "ignore"),
-        (41, "ROBUST_CHANNEL_CE2_ERROR", "Copy Engine Exception", "RESTART_APP", "ignore"),
-        (
-            43,
-            "ROBUST_CHANNEL_RESETCHANNEL_VERIF_ERROR",
-            "GPU stopped processing",
-            "IGNORE",
-            "ignore",
-        ),
-        (
-            44,
-            "ROBUST_CHANNEL_GR_FAULT_DURING_CTXSW",
-            "Graphics Engine fault during context switch",
-            "IGNORE",
-            "ignore",
-        ),
-        (
-            45,
-            "ROBUST_CHANNEL_PREEMPTIVE_REMOVAL",
-            "Preemptive cleanup, due to previous errors",
-            "WORKFLOW_XID_45",
-            "ignore",
-        ),
-        (
-            46,
-            "ROBUST_CHANNEL_GPU_TIMEOUT_ERROR",
-            "GPU stopped processing",
-            "RESET_GPU",
-            "reset-required",
-        ),
-        (
-            48,
-            "ROBUST_CHANNEL_GPU_ECC_DBE",
-            "Double Bit ECC Error",
-            "WORKFLOW_XID_48",
-            "reset-required",
-        ),
-        (
-            54,
-            "SILENT_RUNNING_PWR_REDUCED_CLOCKING",
-            "Auxiliary power is not connected to the GPU board",
-            "CHECK_MECHANICALS",
-            "reset-required",
-        ),
-        (60, "ROBUST_CHANNEL_SEC2_ERROR", "Video processor exception", "RESTART_APP", "ignore"),
-        (
-            61,
-            "PMU_BREAKPOINT",
-            "Internal micro-controller breakpoint/warning",
-            "CONTACT_SUPPORT",
-            "recoverable",
-        ),
-        (62, "PMU_HALT_ERROR", "Internal micro-controller halt", "RESET_GPU", "reset-required"),
-        (63, "INFOROM_DRAM_RETIREMENT_EVENT", "GPU memory remapping event", "IGNORE", "ignore"),
-        (
-            64,
-            "INFOROM_DRAM_RETIREMENT_FAILURE",
-            "GPU memory remapping failure",
-            "RESET_GPU",
-            "reset-required",
-        ),
-        (
-            66,
-            "ROBUST_CHANNEL_FECS_ERR_REG_ACCESS_VIOLATION",
-            "Illegal access by driver",
-            "IGNORE",
-            "ignore",
-        ),
-        (
-            67,
-            "ROBUST_CHANNEL_FECS_ERR_VERIF_VIOLATION",
-            "Illegal access by driver",
-            "IGNORE",
-            "ignore",
-        ),
-        (
-            68,
-            "ROBUST_CHANNEL_NVDEC0_ERROR",
-            "NVDEC0 Exception (video processor)",
-            "RESTART_APP",
-            "ignore",
-        ),
-        (
-            69,
-            "ROBUST_CHANNEL_GR_CLASS_ERROR",
-            "Graphics Engine class error",
-            "RESTART_APP",
-            "ignore",
-        ),
-        (70, "ROBUST_CHANNEL_CE3_ERROR", "Copy Engine Exception", "RESTART_APP", "ignore"),
-        (71, "ROBUST_CHANNEL_CE4_ERROR", "Copy Engine Exception", "RESTART_APP", "ignore"),
-        (72, "ROBUST_CHANNEL_CE5_ERROR", "Copy Engine Exception", "RESTART_APP", "ignore"),
-        (74, "NVLINK_ERROR", "NVLink Error", "WORKFLOW_NVLINK_ERR", "reset-required"),
-        (75, "ROBUST_CHANNEL_CE6_ERROR", "Copy Engine Exception", "RESTART_APP", "ignore"),
-        (76, "ROBUST_CHANNEL_CE7_ERROR", "Copy Engine Exception", "RESTART_APP", "ignore"),
-        (77, "ROBUST_CHANNEL_CE8_ERROR", "Copy Engine Exception", "RESTART_APP", "ignore"),
-        (78, "VGPU_START_ERROR", "vGPU Start Error", "UPDATE_SWFW", "recoverable"),
-        (
-            79,
-            "ROBUST_CHANNEL_GPU_HAS_FALLEN_OFF_THE_BUS",
-            "GPU has fallen off the bus",
-            "RESTART_BM",
-            "reset-required",
-        ),
-        (
-            80,
-            "PBDMA_PUSHBUFFER_CRC_MISMATCH",
-            "Corrupted data sent to GPU",
-            "RESTART_APP",
-            "ignore",
-        ),
-        (82, "ROBUST_CHANNEL_NVJPG0_ERROR", "NVJPG0 Error", "RESTART_APP", "ignore"),
-        (83, "ROBUST_CHANNEL_NVDEC1_ERROR", "NVDEC1 Error", "RESTART_APP", "ignore"),
-        (84, "ROBUST_CHANNEL_NVDEC2_ERROR", "NVDEC2 Error", "RESTART_APP", "ignore"),
-        (85, "ROBUST_CHANNEL_CE9_ERROR", "Copy Engine Exception", "RESTART_APP", "ignore"),
-        (86, "ROBUST_CHANNEL_OFA0_ERROR", "OFA Exception", "RESTART_APP", "ignore"),
-        (88, "ROBUST_CHANNEL_NVDEC3_ERROR", "NVDEC3 Error", "RESTART_APP", "ignore"),
-        (89, "ROBUST_CHANNEL_NVDEC4_ERROR", "NVDEC4 Error", "RESTART_APP", "ignore"),
-        (92, "EXCESSIVE_SBE_INTERRUPTS", "High single-bit ECC error rate", "IGNORE", "ignore"),
-        (
-            93,
-            "INFOROM_ERASE_LIMIT_EXCEEDED",
-            "Non-fatal violation of provisioned InfoROM wear limit",
-            "IGNORE",
-            "ignore",
-        ),
-        (94, "ROBUST_CHANNEL_CONTAINED_ERROR", "Contained memory error", "RESTART_APP", "ignore"),
-        (
-            95,
-            "ROBUST_CHANNEL_UNCONTAINED_ERROR",
-            "Uncontained memory error",
-            "RESET_GPU",
-            "reset-required",
-        ),
-        (96, "ROBUST_CHANNEL_NVDEC5_ERROR", "NVDEC5 Error", "RESTART_APP", "ignore"),
-        (97, "ROBUST_CHANNEL_NVDEC6_ERROR", "NVDEC6 Error", "RESTART_APP", "ignore"),
-        (98, "ROBUST_CHANNEL_NVDEC7_ERROR", "NVDEC7 Error", "RESTART_APP", "ignore"),
-        (99, "ROBUST_CHANNEL_NVJPG1_ERROR", "NVJPG1 Error", "RESTART_APP", "ignore"),
-        (100, "ROBUST_CHANNEL_NVJPG2_ERROR", "NVJPG2 Error", "RESTART_APP", "ignore"),
-        (101, "ROBUST_CHANNEL_NVJPG3_ERROR", "NVJPG3 Error", "RESTART_APP", "ignore"),
-        (102, "ROBUST_CHANNEL_NVJPG4_ERROR", "NVJPG4 Error", "RESTART_APP", "ignore"),
-        (103, "ROBUST_CHANNEL_NVJPG5_ERROR", "NVJPG5 Error", "RESTART_APP", "ignore"),
-        (104, "ROBUST_CHANNEL_NVJPG6_ERROR", "NVJPG6 Error", "RESTART_APP", "ignore"),
-        (105, "ROBUST_CHANNEL_NVJPG7_ERROR", "NVJPG7 Error", "RESTART_APP", "ignore"),
-        (106, "SMBPBI_TEST_MESSAGE", "SMBPBI Test Message", "IGNORE", "ignore"),
-        (107, "SMBPBI_TEST_MESSAGE_SILENT", "SMBPBI Test Message Silent", "IGNORE", "ignore"),
-        (
-            108,
-            "NVLINK_REMOTE_TRANSLATION_ERROR",
-            "NVLink remote translation error",
-            "IGNORE",
-            "ignore",
-        ),
-        (
-            109,
-            "ROBUST_CHANNEL_CTXSW_TIMEOUT_ERROR",
-            "Context Switch Timeout Error",
-            "RESET_GPU",
-            "reset-required",
-        ),
-        (110, "SEC_FAULT_ERROR", "Security Fault Error", "RESET_GPU", "reset-required"),
-        (119, "GSP_RPC_TIMEOUT", "GSP RPC Timeout", "RESET_GPU", "reset-required"),
-        (120, "GSP_ERROR", "GSP Error", "RESET_GPU", "reset-required"),
-        (
-            121,
-            "C2C_ERROR",
-            "C2C Error (corrected errors on the link to the Grace CPU)",
-            "IGNORE",
-            "ignore",
-        ),
-        (126, "ROBUST_CHANNEL_CE10_ERROR", "Copy Engine Exception", "RESTART_APP", "ignore"),
-        (127, "ROBUST_CHANNEL_CE11_ERROR", "Copy Engine Exception", "RESTART_APP", "ignore"),
-        (128, "ROBUST_CHANNEL_CE12_ERROR", "Copy Engine Exception", "RESTART_APP", "ignore"),
-        (129, "ROBUST_CHANNEL_CE13_ERROR", "Copy Engine Exception", "RESTART_APP", "ignore"),
-        (130, "ROBUST_CHANNEL_CE14_ERROR", "Copy Engine Exception", "RESTART_APP", "ignore"),
-        (131, "ROBUST_CHANNEL_CE15_ERROR", "Copy Engine Exception", "RESTART_APP", "ignore"),
-        (132, "ROBUST_CHANNEL_CE16_ERROR", "Copy Engine Exception", "RESTART_APP", "ignore"),
-        (133, "ROBUST_CHANNEL_CE17_ERROR", "Copy Engine Exception", "RESTART_APP", "ignore"),
-        (134, "ROBUST_CHANNEL_CE18_ERROR", "Copy Engine Exception", "RESTART_APP", "ignore"),
-        (135, "ROBUST_CHANNEL_CE19_ERROR", "Copy Engine Exception", "RESTART_APP", "ignore"),
-        (136, "ALI_TRAINING_FAIL", "NVLink link training failed", "RESET_GPU", "reset-required"),
-        (137, "NVLINK_PRIV_ERR", "NVLink Privilege Error", "IGNORE", "ignore"),
-        (139, "ROBUST_CHANNEL_OFA1_ERROR", "OFA1 Error", "RESTART_APP", "ignore"),
-        (
-            140,
-            "UNRECOVERABLE_ECC_ERROR_ESCAPE",
-            "ECC Unrecovered Error",
-            "RESET_GPU",
-            "reset-required",
-        ),
-        (141, "ROBUST_CHANNEL_FAST_PATH_ERROR", "CUDA Fast Path Error", "IGNORE", "ignore"),
-        (143, "GPU_INIT_ERROR", "GPU Initialization Error", "RESET_GPU", "reset-required"),
-        (144, "NVLINK_SAW_ERROR", "NVLink: SAW Error", "WORKFLOW_NVLINK5_ERR", "recoverable"),
-        (145, "NVLINK_RLW_ERROR", "NVLink: RLW Error", "WORKFLOW_NVLINK5_ERR", "recoverable"),
-        (146, "NVLINK_TLW_ERROR", "NVLink: TLW Error", "WORKFLOW_NVLINK5_ERR", "recoverable"),
-        (147, "NVLINK_TREX_ERROR", "NVLink: TREX Error", "WORKFLOW_NVLINK5_ERR", "recoverable"),
-        (
-            148,
-            "NVLINK_NVLPW_CTRL_ERROR",
-            "NVLink: NVLPW_CTRL Error",
-            "WORKFLOW_NVLINK5_ERR",
-            "recoverable",
-        ),
-        (
-            149,
-            "NVLINK_NETIR_ERROR",
-            "NVLink: NETIR Error (link fatal)",
-            "WORKFLOW_NVLINK5_ERR",
-            "reset-required",
-        ),
-        (150, "NVLINK_MSE_ERROR", "NVLink: MSE Error", "WORKFLOW_NVLINK5_ERR", "recoverable"),
-        (
-            151,
-            "ROBUST_CHANNEL_KEY_ROTATION_ERROR",
-            "Key rotation Error",
-            "RESTART_VM",
-            "reset-required",
-        ),
-        (
-            154,
-            "GPU_RECOVERY_ACTION_CHANGED",
-            "GPU Recovery Action Changed (accompanies another XID)",
-            "XID_154",
-            "ignore",
-        ),
-        (155, "NVLINK_SW_DEFINED_ERROR", "NVLink: SW Defined Error", "RESET_GPU", "reset-required"),
-        (
-            156,
-            "RESOURCE_RETIREMENT_EVENT",
-            "Resource Retirement Event",
-            "RESET_GPU",
-            "reset-required",
-        ),
-        (157, "RESOURCE_RETIREMENT_FAILURE", "Resource Retirement Failure", "IGNORE", "ignore"),
-        (158, "GPU_FATAL_TIMEOUT", "GPU Fatal Timeout", "RESET_GPU", "reset-required"),
-        (
-            159,
-            "ROBUST_CHANNEL_CHI_NON_DATA_ERROR",
-            "CHI Non-Data Error",
-            "CHECK_UVM",
-            "recoverable",
-        ),
-        (160, "CHANNEL_RETIREMENT_EVENT", "Channel Retirement Event", "IGNORE", "ignore"),
-        (161, "CHANNEL_RETIREMENT_FAILURE", "Channel Retirement Failure", "IGNORE", "ignore"),
-        (
-            162,
-            "PSHC_REENGAGED",
-            "Power smoothing circuitry re-engaged",
-            "none (no GPU reset required)",
-            "ignore",
-        ),
-        (
-            163,
-            "PSHC_DISENGAGED",
-            "Power smoothing circuitry disengaged",
-            "none (no GPU reset required)",
-            "ignore",
-        ),
-        (
-            164,
-            "PSHC_LOW_LIFETIME",
-            "Power smoothing circuitry low lifetime",
-            "none (monitor)",
-            "ignore",
-        ),
-        (
-            165,
-            "PSHC_ZERO_LIFETIME",
-            "Power smoothing circuitry lifetime exhausted",
-            "none (monitor)",
-            "ignore",
-        ),
-        (167, "PCIE_FATAL_TIMEOUT", "PCIe fatal timeout", "none listed (fatal)", "reset-required"),
-        (
-            169,
-            "SEC2_HALT_ERROR",
-            "Internal micro-controller halt",
-            "none listed (as XID 62)",
-            "reset-required",
-        ),
-        (
-            171,
-            "UNCORRECTABLE_DRAM_ERROR",
-            "Uncorrectable DRAM error (details of XID 48)",
-            "as XID 48",
-            "reset-required",
-        ),
-        (
-            172,
-            "UNCORRECTABLE_SRAM_ERROR",
-            "Uncorrectable SRAM error (details of XID 48)",
-            "as XID 48",
-            "reset-required",
-        ),
-    ]
-    return {xid: XidInfo(xid, m, d, a, c) for xid, m, d, a, c in rows}
-
-
-#: NVIDIA's XID catalog (Ampere and later), as the ``xid-catalog`` preset reads it.
-XID_CATALOG: Final[Mapping[int, XidInfo]] = MappingProxyType(_table())
-
-
-def describe_xid(xid: int) -> str:
-    """A short description of ``xid`` ("Double Bit ECC Error"), or "unknown XID"."""
-    info = XID_CATALOG.get(xid)
-    if info is not None:
-        return info.description
-    return "unknown XID" if xid == XID_UNKNOWN else "XID not in gpulet's catalog table"
-
-
-def _unhealthy_class(policy: HealthPolicy) -> HealthClass:
-    """The class the preset gives an XID it does not ignore, when it has no table entry."""
-    return "permanent" if policy.preset == "nvidia-device-plugin" else DEFAULT_XID_CLASS
-
-
-def _preset_class(xid: int, policy: HealthPolicy) -> HealthClass:
-    if policy.preset == "nvidia-device-plugin":
-        return "ignore" if xid in NVIDIA_DEVICE_PLUGIN_IGNORED_XIDS else "permanent"
-    info = XID_CATALOG.get(xid)
-    return info.health_class if info is not None else DEFAULT_XID_CLASS
-
-
-def classify_xid(xid: int, policy: HealthPolicy | None = None) -> HealthClass:
-    """The class of ``xid`` under ``policy`` (default: the default policy, ``xid-catalog``).
-
-    ``disabled`` ignores everything. An XID in ``critical_xids`` (or every XID, with ``"all"``)
-    always marks the device unhealthy: with the preset's class, or, where the preset ignores
-    it, ``recoverable`` (``xid-catalog``) / ``permanent`` (``nvidia-device-plugin``). Otherwise
-    an XID in ``ignored_xids`` is ignored, and the preset decides the rest.
-    """
-    p = policy if policy is not None else HealthPolicy()
-    if p.disabled:
-        return "ignore"
-    base = _preset_class(xid, p)
-    if p.critical_xids == "all" or xid in p.critical_xids:
-        return _unhealthy_class(p) if base == "ignore" else base
-    if xid in p.ignored_xids:
-        return "ignore"
-    return base
-
-
-class EventLike(Protocol):
-    """What the monitor reads from an event (:class:`gpulet._core.Event` is one)."""
-
-    @property
-    def kind(self) -> str: ...
-    @property
-    def gpu(self) -> int | None: ...
-    @property
-    def uuid(self) -> str | None: ...
-    @property
-    def data(self) -> int: ...
-    @property
-    def gpu_instance_id(self) -> int | None: ...
-    @property
-    def compute_instance_id(self) -> int | None: ...
-    @property
-    def detail(self) -> str | None: ...
-
-
-def classify_event(event: EventLike, policy: HealthPolicy | None = None) -> tuple[HealthClass, str]:
-    """The class of ``event`` under ``policy`` and the reason to report.
-
-    XIDs go through :func:`classify_xid`. A double-bit ECC event counts as XID 48 under
-    ``xid-catalog`` and is skipped under ``nvidia-device-plugin`` (NVIDIA's plugin acts on XID
-    events only); single-bit ECC and MIG configuration changes never change health. A GPU lost
-    (``NVML_ERROR_GPU_IS_LOST``) is ``reset-required`` (``permanent`` under
-    ``nvidia-device-plugin``) unless health checks are disabled.
-    """
-    p = policy if policy is not None else HealthPolicy()
-    kind = event.kind
-    if kind == "xid":
-        xid = event.data
-        return classify_xid(xid, p), f"XID {xid} ({describe_xid(xid)})"
-    if kind == "double-bit-ecc":
-        if p.preset == "nvidia-device-plugin":
-            return "ignore", "double-bit ECC error"
-        return classify_xid(48, p), "double-bit ECC error"
-    if kind == "gpu-lost":
-        if p.disabled:
-            return "ignore", "GPU lost"
-        detail = f": {event.detail}" if event.detail else ""
-        return _lost_class(p), f"GPU fell off the bus{detail}"
-    return "ignore", kind
-
-
-def _lost_class(policy: HealthPolicy) -> HealthClass:
-    return "permanent" if policy.preset == "nvidia-device-plugin" else "reset-required"
-
 
 # ---- inventory ------------------------------------------------------------------------------
 
@@ -602,7 +100,7 @@ class HealthChange(NamedTuple):
 
 
 @dataclass(frozen=True)
-class DeviceStatus:
+class DeviceHealth:
     """The health of one device (a GPU or a MIG device, by UUID)."""
 
     device_id: str
@@ -654,9 +152,9 @@ class _State:
             return "recoverable"
         return self.klass
 
-    def status(self, monitored: bool) -> DeviceStatus:
+    def status(self, monitored: bool) -> DeviceHealth:
         eff = self.effective()
-        return DeviceStatus(
+        return DeviceHealth(
             device_id=self.device_id,
             gpu=self.gpu,
             gpu_uuid=self.gpu_uuid,
@@ -860,7 +358,7 @@ class HealthMonitor:
 
     # ---- queries ------------------------------------------------------------------------
 
-    def status(self, device_id: str) -> DeviceStatus:
+    def status(self, device_id: str) -> DeviceHealth:
         """The health of one device (GPU or MIG UUID); ``KeyError`` for an unknown one."""
         with self._lock:
             st = self._states.get(device_id)
@@ -869,7 +367,7 @@ class HealthMonitor:
             return st.status(st.gpu not in self._unmonitored)
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
-        """Every device's :class:`DeviceStatus`, as dictionaries keyed by device id."""
+        """Every device's :class:`DeviceHealth`, as dictionaries keyed by device id."""
         with self._lock:
             return {
                 d: st.status(st.gpu not in self._unmonitored).to_dict()
@@ -948,7 +446,7 @@ class HealthMonitor:
             log.warning("%s is unhealthy (%s): %s", st.device_id, klass, reason)
             return
         eff = st.effective()
-        if eff is None or _SEVERITY[klass] > _SEVERITY[eff]:
+        if eff is None or SEVERITY[klass] > SEVERITY[eff]:
             st.klass = klass
             st.reason = reason
             st.xid = xid
@@ -994,7 +492,7 @@ class HealthMonitor:
             log.info("ignoring %s on GPU %s (%s)", reason, event.gpu, event.uuid)
             return out
         xid = event.data if event.kind == "xid" else None
-        lost = event.kind == "gpu-lost" or xid == 79
+        lost = marks_lost(event)
         with self._lock:
             for st in self._targets(event):
                 self._mark(st, klass, reason, t, xid=xid, lost=lost, out=out)
@@ -1014,7 +512,7 @@ class HealthMonitor:
             log.warning("NVML event wait failed (%d in a row): %s", self._wait_failures, error)
             if self._wait_failures >= self.wait_failure_threshold and not self._blind:
                 self._blind = True
-                klass = _unhealthy_class(self.policy)
+                klass = wait_failure_class(self.policy)
                 reason = f"NVML event wait failing: {error}"
                 if not self.policy.disabled:
                     for st in self._states.values():
@@ -1113,7 +611,7 @@ class HealthMonitor:
             log.warning("%s", reason)
             for st in self._states.values():
                 if st.gpu == i:
-                    self._mark(st, "recoverable", reason, now, out=out)
+                    self._mark(st, PROBE_TIMEOUT_CLASS, reason, now, out=out)
 
     def _forget(self, flight: _Flight) -> None:
         """A probe that was handed out but never started (its run stopped first)."""
@@ -1154,7 +652,7 @@ class HealthMonitor:
             if error.code == GPU_IS_LOST:
                 if st.healthy:
                     self._mark(
-                        st, _lost_class(self.policy), f"GPU fell off the bus: {error}", now,
+                        st, lost_class(self.policy), f"GPU fell off the bus: {error}", now,
                         lost=True, out=out,
                     )  # fmt: skip
                 else:
