@@ -1,39 +1,99 @@
-"""The DevicePlugin gRPC service of one resource: kubelet messages in, state calls, messages out.
+"""The DevicePlugin service of one resource: kubelet messages in, state calls, messages out.
 
 Nothing is decided here: :class:`gpulet.agent.state.AgentState` validates and records,
-:mod:`gpulet.deviceplugin.responses` says what the container gets. Refusals become gRPC
-``INVALID_ARGUMENT`` (a request that can never succeed: unknown or repeated IDs, more than one
-shared replica under ``failRequestsGreaterThanOne``) or ``FAILED_PRECONDITION`` (a device that
-is unhealthy or held through DRA), each with a message; the state is untouched.
+:mod:`gpulet.deviceplugin.responses` says what the container gets. Each unary RPC is a function
+from the request's bytes to the response's bytes (the transport, :mod:`gpulet.deviceplugin.server`,
+moves bytes and never parses them); ``device_list`` is what ListAndWatch sends.
+
+Refusals are :class:`RpcRefusal` (the transport answers with their status, the state untouched):
+``INVALID_ARGUMENT`` for a request that can never succeed (unknown or repeated IDs, more than one
+shared replica under ``failRequestsGreaterThanOne``, more containers or IDs than the limits
+below, bytes that are not the RPC's message), ``FAILED_PRECONDITION`` for a device that is
+unhealthy or held through DRA.
+
+Limits, checked before the state is asked anything, so that a request cannot make the agent
+work in proportion to its size: at most :data:`MAX_CONTAINER_REQUESTS` container requests per
+call (the kubelet sends one per call), and per container at most as many device IDs as the
+resource advertises (more cannot be valid: IDs must be distinct and advertised). Logs show at
+most :data:`LOGGED_IDS` IDs per container and :data:`MAX_DETAILS` characters of a refusal.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError, Message
 
-from gpulet._proto.deviceplugin.v1beta1 import api_pb2, api_pb2_grpc
+from gpulet._proto.deviceplugin.v1beta1 import api_pb2
 from gpulet.agent.state import AgentState, AllocationError
-from gpulet.deviceplugin.resources import ResourceSpec
+from gpulet.deviceplugin.resources import PluginDevice, ResourceSpec
 from gpulet.deviceplugin.responses import ResponseSettings, container_response
+from gpulet.errors import GpuletError
 
-__all__ = ["HEALTHY", "UNHEALTHY", "DevicePluginServicer", "list_response"]
+__all__ = [
+    "HEALTHY",
+    "LOGGED_IDS",
+    "MAX_CONTAINER_REQUESTS",
+    "MAX_DETAILS",
+    "RESPONSE_CACHE_SIZE",
+    "SERVICE",
+    "UNHEALTHY",
+    "DevicePluginServicer",
+    "RpcRefusal",
+    "clip",
+    "list_response",
+    "show_ids",
+]
 
 log = logging.getLogger("gpulet.deviceplugin")
 
 HEALTHY = "Healthy"
 UNHEALTHY = "Unhealthy"
 
+#: The gRPC service, as method paths name it.
+SERVICE = "v1beta1.DevicePlugin"
+#: Container requests one Allocate or GetPreferredAllocation may hold.
+MAX_CONTAINER_REQUESTS = 64
+#: Device IDs of one container a log line shows (then "... (+N more)").
+LOGGED_IDS = 4
+#: Characters of a refusal's message sent as the status details and logged.
+MAX_DETAILS = 1000
+#: Serialized container answers kept per servicer (by device IDs; emptied when full).
+RESPONSE_CACHE_SIZE = 4096
+
 _CODES = {
     "invalid-argument": grpc.StatusCode.INVALID_ARGUMENT,
     "failed-precondition": grpc.StatusCode.FAILED_PRECONDITION,
 }
 
-Context = grpc.aio.ServicerContext[Any, Any]
+M = TypeVar("M", bound=Message)
+
+
+class RpcRefusal(GpuletError):
+    """An RPC answered with a status other than OK; ``details`` is clipped to
+    :data:`MAX_DETAILS` characters."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(clip(details))
+        self.code = code
+        self.details = clip(details)
+
+
+def clip(text: str, limit: int = MAX_DETAILS) -> str:
+    """``text`` cut to ``limit`` characters, saying how many were left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]} ... ({len(text) - limit} more characters)"
+
+
+def show_ids(ids: Sequence[str], limit: int = LOGGED_IDS) -> str:
+    """At most ``limit`` IDs, comma-separated, then how many more there are."""
+    shown = ",".join(ids[:limit])
+    return shown if len(ids) <= limit else f"{shown} ... (+{len(ids) - limit} more)"
 
 
 def list_response(state: AgentState, resource: str) -> api_pb2.ListAndWatchResponse:
@@ -47,11 +107,12 @@ def list_response(state: AgentState, resource: str) -> api_pb2.ListAndWatchRespo
     return out
 
 
-class DevicePluginServicer(api_pb2_grpc.DevicePluginServicer):
-    """``v1beta1.DevicePlugin`` for one resource.
+class DevicePluginServicer:
+    """``v1beta1.DevicePlugin`` for one resource, as functions of serialized messages.
 
-    ``on_allocate`` is called after each successful Allocate (the agent schedules a
-    PodResources reconciliation); ``observe(rpc, seconds)`` receives each call's latency.
+    Every method may be called from any thread (the state is thread-safe).
+    ``observe(rpc, seconds)`` receives the time Allocate and GetPreferredAllocation took here
+    (decoding to encoding), on the calling thread.
     """
 
     def __init__(
@@ -60,50 +121,95 @@ class DevicePluginServicer(api_pb2_grpc.DevicePluginServicer):
         resource: ResourceSpec,
         settings: ResponseSettings,
         *,
-        on_allocate: Callable[[], None] | None = None,
         observe: Callable[[str, float], None] | None = None,
     ) -> None:
         self.state = state
         self.resource = resource
         self.settings = settings
-        self._on_allocate = on_allocate
         self._observe = observe
-
-    async def GetDevicePluginOptions(
-        self, request: api_pb2.Empty, context: Context
-    ) -> api_pb2.DevicePluginOptions:
-        return api_pb2.DevicePluginOptions(
-            pre_start_required=False, get_preferred_allocation_available=True
+        self._max_ids = len(resource.devices)
+        # A fresh UUID names each cdi-annotations answer; passDeviceSpecs looks at /dev.
+        self._cacheable = (
+            "cdi-annotations" not in settings.strategies and not settings.pass_device_specs
         )
+        self._responses: dict[tuple[str, ...], bytes] = {}
+        self._options = api_pb2.DevicePluginOptions(
+            pre_start_required=False, get_preferred_allocation_available=True
+        ).SerializeToString()
+        #: The unary RPCs by method path (``/v1beta1.DevicePlugin/Allocate``).
+        self.unary: Mapping[bytes, Callable[[bytes], bytes]] = {
+            f"/{SERVICE}/{name}".encode(): fn
+            for name, fn in (
+                ("GetDevicePluginOptions", self.get_device_plugin_options),
+                ("GetPreferredAllocation", self.get_preferred_allocation),
+                ("Allocate", self.allocate),
+                ("PreStartContainer", self.pre_start_container),
+            )
+        }
 
-    async def ListAndWatch(
-        self, request: api_pb2.Empty, context: Context
-    ) -> AsyncIterator[api_pb2.ListAndWatchResponse]:
-        name = self.resource.name
-        log.info("ListAndWatch opened for %s", name)
-        last: api_pb2.ListAndWatchResponse | None = None
+    # --- limits ------------------------------------------------------------------------
+
+    def _refusal(self, rpc: str, code: grpc.StatusCode, message: str) -> RpcRefusal:
+        refusal = RpcRefusal(code, message)
+        log.warning("%s %s refused: %s", self.resource.name, rpc, refusal.details)
+        return refusal
+
+    def _check_containers(self, rpc: str, count: int) -> None:
+        if count > MAX_CONTAINER_REQUESTS:
+            raise self._refusal(
+                rpc,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{rpc} for {self.resource.name} holds {count} container requests; at most "
+                f"{MAX_CONTAINER_REQUESTS} are accepted per call",
+            )
+
+    def _check_ids(self, rpc: str, field: str, ids: Sequence[str]) -> None:
+        limit = self._max_ids
+        if len(ids) > limit:
+            raise self._refusal(
+                rpc,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{rpc}: {field} names {len(ids)} device IDs; {self.resource.name} advertises "
+                f"{limit} device(s), so one container can name at most {limit}",
+            )
+
+    def _decode(self, rpc: str, cls: type[M], data: bytes) -> M:
         try:
-            with self.state.watch() as watch:
-                while True:
-                    current = list_response(self.state, name)
-                    if current != last:
-                        yield current
-                        last = current
-                    await watch.wait()
-        finally:
-            log.info("ListAndWatch closed for %s", name)
+            return cls.FromString(data)
+        except DecodeError as e:
+            raise self._refusal(
+                rpc,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the request is not a valid {cls.__name__}: {e}",
+            ) from None
 
-    async def _abort(self, context: Context, rpc: str, error: AllocationError) -> None:
-        log.warning("%s %s refused: %s", self.resource.name, rpc, error)
-        await context.abort(_CODES[error.code], str(error))
+    def _refused(self, rpc: str, e: AllocationError) -> RpcRefusal:
+        return self._refusal(rpc, _CODES[e.code], str(e))
 
-    async def GetPreferredAllocation(
-        self, request: api_pb2.PreferredAllocationRequest, context: Context
-    ) -> api_pb2.PreferredAllocationResponse:
+    # --- RPCs --------------------------------------------------------------------------
+
+    def get_device_plugin_options(self, data: bytes) -> bytes:
+        return self._options
+
+    def pre_start_container(self, data: bytes) -> bytes:
+        return b""  # PreStartContainerResponse has no fields
+
+    def device_list(self) -> bytes:
+        """The serialized ListAndWatch response: every advertised device and its health."""
+        return list_response(self.state, self.resource.name).SerializeToString()
+
+    def get_preferred_allocation(self, data: bytes) -> bytes:
         start = time.perf_counter()
+        rpc = "GetPreferredAllocation"
+        request = self._decode(rpc, api_pb2.PreferredAllocationRequest, data)
+        containers = request.container_requests
+        self._check_containers(rpc, len(containers))
+        for c in containers:
+            self._check_ids(rpc, "available_deviceIDs", c.available_deviceIDs)
+            self._check_ids(rpc, "must_include_deviceIDs", c.must_include_deviceIDs)
         out = api_pb2.PreferredAllocationResponse()
         try:
-            for c in request.container_requests:
+            for c in containers:
                 chosen = self.state.preferred(
                     self.resource.name,
                     list(c.available_deviceIDs),
@@ -112,44 +218,55 @@ class DevicePluginServicer(api_pb2_grpc.DevicePluginServicer):
                 )
                 out.container_responses.add(deviceIDs=chosen)
         except AllocationError as e:
-            await self._abort(context, "GetPreferredAllocation", e)
+            raise self._refused(rpc, e) from None
+        response = out.SerializeToString()
         if self._observe is not None:
-            self._observe("GetPreferredAllocation", time.perf_counter() - start)
-        return out
+            self._observe(rpc, time.perf_counter() - start)
+        return response
 
-    async def Allocate(
-        self, request: api_pb2.AllocateRequest, context: Context
-    ) -> api_pb2.AllocateResponse:
+    def allocate(self, data: bytes) -> bytes:
         start = time.perf_counter()
-        requests = [list(c.devices_ids) for c in request.container_requests]
+        request = self._decode("Allocate", api_pb2.AllocateRequest, data)
+        containers = request.container_requests
+        self._check_containers("Allocate", len(containers))
+        requests = [list(c.devices_ids) for c in containers]
+        for ids in requests:
+            if len(ids) > self._max_ids:
+                self._check_ids("Allocate", "devices_ids", ids)
         try:
             granted = self.state.allocate(self.resource.name, requests)
         except AllocationError as e:
-            await self._abort(context, "Allocate", e)
-            raise  # unreachable: abort raises
-        out = api_pb2.AllocateResponse()
-        mps = self.resource.sharing == "mps"
-        for devices in granted:
-            out.container_responses.append(
+            raise self._refused("Allocate", e) from None
+        parts = zip(requests, granted, strict=True)
+        response = b"".join(self._container_bytes(ids, devices) for ids, devices in parts)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "Allocate %s: %s", self.resource.name, "; ".join(show_ids(r) for r in requests)
+            )
+        if self._observe is not None:
+            self._observe("Allocate", time.perf_counter() - start)
+        return response
+
+    def _container_bytes(self, ids: Sequence[str], devices: Sequence[PluginDevice]) -> bytes:
+        """One container's part of the AllocateResponse, serialized (serialized messages
+        concatenate into one whose repeated fields hold both: the parts join into the
+        response). Cached by device IDs when the answer depends on nothing else."""
+        key = tuple(ids)
+        cached = self._responses.get(key)
+        if cached is not None:
+            return cached
+        part = api_pb2.AllocateResponse(
+            container_responses=[
                 container_response(
                     devices,
                     self.settings,
                     resource=self.resource.name,
-                    mps=mps and any(d.shared for d in devices),
+                    mps=self.resource.sharing == "mps" and any(d.shared for d in devices),
                 )
-            )
-        log.info(
-            "Allocate %s: %s",
-            self.resource.name,
-            "; ".join(",".join(r) for r in requests),
-        )
-        if self._on_allocate is not None:
-            self._on_allocate()
-        if self._observe is not None:
-            self._observe("Allocate", time.perf_counter() - start)
-        return out
-
-    async def PreStartContainer(
-        self, request: api_pb2.PreStartContainerRequest, context: Context
-    ) -> api_pb2.PreStartContainerResponse:
-        return api_pb2.PreStartContainerResponse()
+            ]
+        ).SerializeToString()
+        if self._cacheable:
+            if len(self._responses) >= RESPONSE_CACHE_SIZE:
+                self._responses.clear()
+            self._responses[key] = part
+        return part
