@@ -1,4 +1,10 @@
 # Type stubs for the gpulet._core extension (checked by mypy.stubtest).
+#
+# One import block, then one section per binding file of rust/gpulet-py/src, in the order the
+# extension registers them: nvml (discovery, topology), mig, alloc (ledger), events.
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import ClassVar, Literal, TypeAlias, final
 
 __all__ = [
     "ClaimOwner",
@@ -18,7 +24,6 @@ __all__ = [
     "Topology",
     "Utilisation",
     "__version__",
-    "_core_error",
     "discover",
     "mig_catalog_model",
     "mig_first_fit",
@@ -40,28 +45,22 @@ __all__ = [
 ]
 __version__: str
 
-# ---- nvml / discovery / topology / errors (begin) ----
-from collections.abc import Mapping as _Mapping
-from collections.abc import Sequence as _Sequence
-from typing import ClassVar as _ClassVar
-from typing import Literal as _Literal
-from typing import TypeAlias as _TypeAlias
-from typing import final as _final
+# ---- nvml: discovery, topology ----
 
-_PcieLevel: _TypeAlias = _Literal[
+_PcieLevel: TypeAlias = Literal[
     "board", "single-switch", "multi-switch", "host-bridge", "same-cpu", "cross-cpu"
 ]
 
-@_final
+@final
 class Topology:
     """The link matrix between the GPUs of one node (pairs are unordered)."""
 
     def __new__(
         cls,
         gpu_count: int,
-        nvlinks: _Mapping[tuple[int, int], int] | None = None,
-        pcie: _Mapping[tuple[int, int], str] | None = None,
-        numa: _Sequence[int] | None = None,
+        nvlinks: Mapping[tuple[int, int], int] | None = None,
+        pcie: Mapping[tuple[int, int], str] | None = None,
+        numa: Sequence[int] | None = None,
         nvswitch: bool = False,
     ) -> Topology: ...
     @property
@@ -83,11 +82,11 @@ class Topology:
         tuple[int, dict[tuple[int, int], int], dict[tuple[int, int], str], list[int] | None, bool],
     ]: ...
 
-@_final
+@final
 class MigDevice:
     """One existing MIG device (a GPU instance with its compute instance)."""
 
-    __hash__: _ClassVar[None]  # type: ignore[assignment]
+    __hash__: ClassVar[None]  # type: ignore[assignment]
     @property
     def index(self) -> int: ...
     @property
@@ -112,11 +111,11 @@ class MigDevice:
     def memory_bytes(self) -> int: ...
     def __eq__(self, value: object, /) -> bool: ...
 
-@_final
+@final
 class Gpu:
     """One physical GPU as NVML reports it."""
 
-    __hash__: _ClassVar[None]  # type: ignore[assignment]
+    __hash__: ClassVar[None]  # type: ignore[assignment]
     @property
     def index(self) -> int: ...
     @property
@@ -155,11 +154,11 @@ class Gpu:
     def nvswitch_links(self) -> int: ...
     def __eq__(self, value: object, /) -> bool: ...
 
-@_final
+@final
 class Node:
     """The node: its GPUs, the topology between them and the driver's versions."""
 
-    __hash__: _ClassVar[None]  # type: ignore[assignment]
+    __hash__: ClassVar[None]  # type: ignore[assignment]
     @property
     def gpus(self) -> list[Gpu]: ...
     @property
@@ -172,11 +171,11 @@ class Node:
     def nvml_version(self) -> str: ...
     def __eq__(self, value: object, /) -> bool: ...
 
-@_final
+@final
 class MigProfileInfo:
     """One MIG GPU-instance profile as the GPU reports it."""
 
-    __hash__: _ClassVar[None]  # type: ignore[assignment]
+    __hash__: ClassVar[None]  # type: ignore[assignment]
     @property
     def name(self) -> str: ...
     @property
@@ -209,18 +208,13 @@ class MigProfileInfo:
 
 def discover(library_path: str | None = None) -> Node: ...
 def mig_profiles(gpu: int, library_path: str | None = None) -> list[MigProfileInfo]: ...
-def _core_error(variant: str) -> Exception: ...
 
-# ---- nvml / discovery / topology / errors (end) ----
+# ---- mig: catalog, layouts, planning ----
 
-# ---- mig (begin) ----
-import collections.abc as _mig_abc  # noqa: E402 (one import block per section)
-import typing as _mig_t  # noqa: E402
+_MigPlacementLike: TypeAlias = MigPlacement | tuple[str, int] | str
+_MigLayoutLike: TypeAlias = MigLayout | Iterable[_MigPlacementLike]
 
-_MigPlacementLike: _mig_t.TypeAlias = MigPlacement | tuple[str, int] | str
-_MigLayoutLike: _mig_t.TypeAlias = MigLayout | _mig_abc.Iterable[_MigPlacementLike]
-
-@_mig_t.final
+@final
 class MigProfile:
     """One MIG GPU-instance profile of a catalog model (``gpulet.mig.Profile``)."""
 
@@ -259,7 +253,7 @@ class MigProfile:
     def __eq__(self, value: object, /) -> bool: ...
     def __hash__(self) -> int: ...
 
-@_mig_t.final
+@final
 class MigPlacement:
     """One MIG instance: a profile name at a start memory slice (``gpulet.mig.Placement``)."""
 
@@ -272,7 +266,7 @@ class MigPlacement:
     def __hash__(self) -> int: ...
     def __reduce__(self) -> tuple[type[MigPlacement], tuple[str, int]]: ...
 
-@_mig_t.final
+@final
 class MigLayout:
     """A set of MIG instances on one GPU (``gpulet.mig.Layout``), sorted by (start, profile)."""
 
@@ -281,7 +275,7 @@ class MigLayout:
     def placements(self) -> list[MigPlacement]: ...
     def counts(self) -> dict[str, int]: ...
     def __len__(self) -> int: ...
-    def __iter__(self) -> _mig_abc.Iterator[MigPlacement]: ...
+    def __iter__(self) -> Iterator[MigPlacement]: ...
     def __contains__(self, item: object, /) -> bool: ...
     def __eq__(self, value: object, /) -> bool: ...
     def __hash__(self) -> int: ...
@@ -292,49 +286,45 @@ def mig_catalog_model(model: str) -> tuple[str, int, bool]: ...
 def mig_model_profiles(model: str) -> list[MigProfile]: ...
 def mig_validate(model: str, layout: _MigLayoutLike) -> None: ...
 def mig_layouts(
-    model: str, profiles: _mig_abc.Sequence[str] | None = None, maximal: bool = False
+    model: str, profiles: Sequence[str] | None = None, maximal: bool = False
 ) -> list[MigLayout]: ...
 def mig_plan(
-    model: str, requests: _mig_abc.Sequence[str], existing: _MigLayoutLike | None = None
+    model: str, requests: Sequence[str], existing: _MigLayoutLike | None = None
 ) -> MigLayout: ...
 def mig_first_fit(
-    model: str, requests: _mig_abc.Sequence[str], existing: _MigLayoutLike | None = None
+    model: str, requests: Sequence[str], existing: _MigLayoutLike | None = None
 ) -> MigLayout: ...
 def mig_plan_node(
-    models: _mig_abc.Sequence[str],
-    requests: _mig_abc.Sequence[str],
-    existing: _mig_abc.Iterable[_MigLayoutLike | None] | None = None,
+    models: Sequence[str],
+    requests: Sequence[str],
+    existing: Iterable[_MigLayoutLike | None] | None = None,
 ) -> list[MigLayout]: ...
 def mig_first_fit_node(
-    models: _mig_abc.Sequence[str],
-    requests: _mig_abc.Sequence[str],
-    existing: _mig_abc.Iterable[_MigLayoutLike | None] | None = None,
+    models: Sequence[str],
+    requests: Sequence[str],
+    existing: Iterable[_MigLayoutLike | None] | None = None,
 ) -> list[MigLayout]: ...
 def mig_fragmentation(model: str, layout: _MigLayoutLike) -> float: ...
 def mig_stranded(model: str, layout: _MigLayoutLike) -> tuple[int, int]: ...
 
-# ---- mig (end) ----
+# ---- alloc: preferred allocation, replicas, ledger ----
 
-# ---- alloc / ledger (begin) ----
-import collections.abc as _alloc_abc  # noqa: E402 (one import block per section)
-import typing as _alloc_t  # noqa: E402
-
-_AllocDevice: _alloc_t.TypeAlias = str | tuple[str, int, int]
+_AllocDevice: TypeAlias = str | tuple[str, int, int]
 
 def preferred(
     topo: Topology,
-    available: _alloc_abc.Sequence[int],
-    required: _alloc_abc.Sequence[int] = ...,
+    available: Sequence[int],
+    required: Sequence[int] = ...,
     *,
     size: int,
     policy: str = "best-effort",
 ) -> list[int]: ...
-def prepare(topo: Topology, sizes: _alloc_abc.Sequence[int] | None = None) -> None: ...
-def score(topo: Topology, gpus: _alloc_abc.Sequence[int]) -> int: ...
+def prepare(topo: Topology, sizes: Sequence[int] | None = None) -> None: ...
+def score(topo: Topology, gpus: Sequence[int]) -> int: ...
 def select_replicas(
-    available: _alloc_abc.Sequence[str],
+    available: Sequence[str],
     size: int,
-    required: _alloc_abc.Sequence[str] = ...,
+    required: Sequence[str] = ...,
     *,
     policy: str = "distributed",
     strict: bool = False,
@@ -342,7 +332,7 @@ def select_replicas(
     parents: dict[str, str] | None = None,
 ) -> list[str]: ...
 
-@_alloc_t.final
+@final
 class ContainerOwner:
     """A container holding devices (the device plugin's unit of attribution)."""
 
@@ -367,7 +357,7 @@ class ContainerOwner:
     def __eq__(self, value: object, /) -> bool: ...
     def __hash__(self) -> int: ...
 
-@_alloc_t.final
+@final
 class ClaimOwner:
     """A DRA ResourceClaim holding devices."""
 
@@ -379,7 +369,7 @@ class ClaimOwner:
     def __eq__(self, value: object, /) -> bool: ...
     def __hash__(self) -> int: ...
 
-@_alloc_t.final
+@final
 class GpuUsage:
     """One GPU's state in the ledger."""
 
@@ -400,11 +390,11 @@ class GpuUsage:
     @property
     def mig_slices_held(self) -> int: ...
 
-@_alloc_t.final
+@final
 class Utilisation:
     """Node-wide counts of the ledger."""
 
-    __hash__: _alloc_t.ClassVar[None]  # type: ignore[assignment]
+    __hash__: ClassVar[None]  # type: ignore[assignment]
     @property
     def gpus(self) -> int: ...
     @property
@@ -427,7 +417,7 @@ class Utilisation:
     def owners_dra(self) -> int: ...
     def __eq__(self, value: object, /) -> bool: ...
 
-@_alloc_t.final
+@final
 class Ledger:
     """Who holds which GPU, MIG slice and replica on this node."""
 
@@ -441,7 +431,7 @@ class Ledger:
     ) -> None: ...
     def unregister_gpu(self, uuid: str) -> None: ...
     def allocate(
-        self, owner: ContainerOwner | ClaimOwner, devices: _alloc_abc.Iterable[_AllocDevice]
+        self, owner: ContainerOwner | ClaimOwner, devices: Iterable[_AllocDevice]
     ) -> None: ...
     def release(self, owner: ContainerOwner | ClaimOwner) -> list[_AllocDevice]: ...
     def holder_of(self, device: _AllocDevice) -> ContainerOwner | ClaimOwner | None: ...
@@ -455,24 +445,18 @@ class Ledger:
     @staticmethod
     def from_snapshot(data: bytes) -> Ledger: ...
 
-# ---- alloc / ledger (end) ----
+# ---- events: NVML event sets, probing ----
 
-# ---- events (begin) ----
-import collections.abc as _ev_abc  # noqa: E402 (one import block per section)
-import typing as _ev_t  # noqa: E402
-
-_EventKind: _ev_t.TypeAlias = _ev_t.Literal[
+_EventKind: TypeAlias = Literal[
     "xid", "double-bit-ecc", "single-bit-ecc", "mig-config-change", "gpu-lost", "other"
 ]
-_RegistrationStatus: _ev_t.TypeAlias = _ev_t.Literal[
-    "registered", "not-supported", "lost", "failed"
-]
+_RegistrationStatus: TypeAlias = Literal["registered", "not-supported", "lost", "failed"]
 
-@_ev_t.final
+@final
 class Event:
     """One NVML event (XID, ECC error, MIG change), or a GPU found lost."""
 
-    __hash__: _ev_t.ClassVar[None]  # type: ignore[assignment]
+    __hash__: ClassVar[None]  # type: ignore[assignment]
     def __new__(
         cls,
         kind: _EventKind,
@@ -507,11 +491,11 @@ class Event:
     def detail(self) -> str | None: ...
     def __eq__(self, value: object, /) -> bool: ...
 
-@_ev_t.final
+@final
 class EventRegistration:
     """What registering one GPU for events came to."""
 
-    __hash__: _ev_t.ClassVar[None]  # type: ignore[assignment]
+    __hash__: ClassVar[None]  # type: ignore[assignment]
     @property
     def gpu(self) -> int: ...
     @property
@@ -524,12 +508,12 @@ class EventRegistration:
     def error(self) -> str | None: ...
     def __eq__(self, value: object, /) -> bool: ...
 
-@_ev_t.final
+@final
 class EventWatcher:
     """Watches GPUs for XID, ECC and MIG-change events (one NVML event set)."""
 
     def __new__(
-        cls, library_path: str | None = None, gpus: _ev_abc.Sequence[int] | None = None
+        cls, library_path: str | None = None, gpus: Sequence[int] | None = None
     ) -> EventWatcher: ...
     def wait(self, timeout_ms: int) -> list[Event]: ...
     def rearm(self, gpu: int) -> EventRegistration: ...
@@ -541,5 +525,3 @@ class EventWatcher:
     def __exit__(self, *_args: object) -> bool: ...
 
 def probe(gpu: int, library_path: str | None = None) -> None: ...
-
-# ---- events (end) ----

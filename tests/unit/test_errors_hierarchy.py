@@ -25,12 +25,6 @@ from gpulet.errors import GpuletError
 SKIPPED_PREFIXES = ("gpulet._proto",)
 SKIPPED = {"gpulet.__main__"}
 
-# Classes known not to derive from GpuletError yet, each with the reason. The test for each is
-# expected to fail (strictly: once the class is fixed, its entry must go).
-PENDING = {
-    "gpulet.deviceplugin.servicer.RpcRefusal": "servicer.py is being rewritten elsewhere",
-}
-
 _walk_errors: list[str] = []
 
 
@@ -85,26 +79,9 @@ def test_the_walk_finds_the_modules_and_their_exceptions() -> None:
 @pytest.mark.parametrize("module_name", MODULES)
 def test_every_exception_derives_from_gpulet_error(module_name: str) -> None:
     wrong = [
-        _name(cls)
-        for cls in _exception_classes(module_name)
-        if not issubclass(cls, GpuletError) and _name(cls) not in PENDING
+        _name(cls) for cls in _exception_classes(module_name) if not issubclass(cls, GpuletError)
     ]
     assert not wrong, f"not derived from gpulet.errors.GpuletError: {wrong}"
-
-
-@pytest.mark.parametrize(
-    "qualified",
-    [
-        pytest.param(q, marks=pytest.mark.xfail(reason=why, strict=True))
-        for q, why in PENDING.items()
-    ],
-)
-def test_pending_exceptions(qualified: str) -> None:
-    module_name, _, class_name = qualified.rpartition(".")
-    cls = getattr(importlib.import_module(module_name), class_name, None)
-    if cls is None:
-        pytest.skip(f"{qualified} no longer exists: drop it from PENDING")
-    assert issubclass(cls, GpuletError)
 
 
 def test_existing_except_clauses_keep_working() -> None:

@@ -8,9 +8,12 @@
 //! use crate::errors::CoreResultExt;
 //! let plan = py.detach(|| gpulet_core::mig::plan(model, &requests)).py()?;
 //! ```
+//!
+//! The mapping is tested through real calls that fail with each variant
+//! (`tests/unit/test_errors.py`); the module exports nothing of its own.
 
 use gpulet_core::CoreError;
-use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyType;
@@ -93,46 +96,4 @@ impl<T> CoreResultExt<T> for Result<T, CoreError> {
     fn py(self) -> PyResult<T> {
         self.map_err(to_py)
     }
-}
-
-/// A representative error of each core variant, for the tests of this mapping.
-fn sample(variant: &str) -> PyResult<CoreError> {
-    Ok(match variant {
-        "LibraryNotFound" => CoreError::LibraryNotFound {
-            path: "/nonexistent/libnvidia-ml.so.1".into(),
-            reason: "cannot open shared object file: No such file or directory".into(),
-        },
-        "Nvml" => CoreError::Nvml {
-            call: "nvmlDeviceGetUUID".into(),
-            gpu: Some(3),
-            code: 15,
-            message: "device fell off the bus".into(),
-        },
-        "Topology" => CoreError::Topology("nvlink pair (0, 9) names a GPU outside 0..8".into()),
-        "UnknownModel" => CoreError::UnknownModel {
-            name: "H100-81GB".into(),
-            known: "H100-80GB".into(),
-        },
-        "MigLayout" => CoreError::MigLayout("7g.80gb does not fit beside 1g.10gb".into()),
-        "Infeasible" => CoreError::Infeasible("3 GPUs requested, 2 available".into()),
-        "InvalidArgument" => CoreError::InvalidArgument("size must be at least 1".into()),
-        "Conflict" => CoreError::Conflict("GPU-0 is held by the DRA driver".into()),
-        "Snapshot" => CoreError::Snapshot("unknown schema version 99".into()),
-        other => {
-            return Err(PyValueError::new_err(format!(
-                "unknown CoreError variant {other:?}"
-            )));
-        }
-    })
-}
-
-/// `_core._core_error(variant)`: the exception a sample `CoreError` of `variant` maps to.
-#[pyfunction]
-fn _core_error(py: Python<'_>, variant: &str) -> PyResult<Py<PyAny>> {
-    Ok(to_py(sample(variant)?).into_value(py).into_any())
-}
-
-pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_function(wrap_pyfunction!(_core_error, m)?)?;
-    Ok(())
 }

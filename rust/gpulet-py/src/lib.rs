@@ -12,7 +12,6 @@ mod nvml;
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
-    errors::register(m)?;
     nvml::register(m)?;
     mig::register(m)?;
     alloc::register(m)?;
