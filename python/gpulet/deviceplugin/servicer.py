@@ -225,9 +225,9 @@ class DevicePluginServicer:
         return response
 
     def allocate(self, data: bytes) -> bytes:
-        start = time.perf_counter()
-        request = self._decode("Allocate", api_pb2.AllocateRequest, data)
-        containers = request.container_requests
+        observe = self._observe
+        start = time.perf_counter() if observe is not None else 0.0
+        containers = self._decode("Allocate", api_pb2.AllocateRequest, data).container_requests
         self._check_containers("Allocate", len(containers))
         requests = [list(c.devices_ids) for c in containers]
         for ids in requests:
@@ -237,24 +237,24 @@ class DevicePluginServicer:
             granted = self.state.allocate(self.resource.name, requests)
         except AllocationError as e:
             raise self._refused("Allocate", e) from None
-        parts = zip(requests, granted, strict=True)
-        response = b"".join(self._container_bytes(ids, devices) for ids, devices in parts)
+        cached = self._responses.get
+        response = b"".join(
+            cached(tuple(ids)) or self._container_bytes(ids, devices)
+            for ids, devices in zip(requests, granted, strict=True)
+        )
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "Allocate %s: %s", self.resource.name, "; ".join(show_ids(r) for r in requests)
             )
-        if self._observe is not None:
-            self._observe("Allocate", time.perf_counter() - start)
+        if observe is not None:
+            observe("Allocate", time.perf_counter() - start)
         return response
 
     def _container_bytes(self, ids: Sequence[str], devices: Sequence[PluginDevice]) -> bytes:
         """One container's part of the AllocateResponse, serialized (serialized messages
         concatenate into one whose repeated fields hold both: the parts join into the
-        response). Cached by device IDs when the answer depends on nothing else."""
-        key = tuple(ids)
-        cached = self._responses.get(key)
-        if cached is not None:
-            return cached
+        response). Cached by device IDs when the answer depends on nothing else (the caller
+        looks in the cache first)."""
         part = api_pb2.AllocateResponse(
             container_responses=[
                 container_response(
@@ -268,5 +268,5 @@ class DevicePluginServicer:
         if self._cacheable:
             if len(self._responses) >= RESPONSE_CACHE_SIZE:
                 self._responses.clear()
-            self._responses[key] = part
+            self._responses[tuple(ids)] = part
         return part
