@@ -88,6 +88,9 @@ SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.http2.bdp_probe", 0),
 )
 
+#: Calls requested from gRPC ahead of their arrival: when one arrives, the next is requested
+#: after its answer is sent, not before (one more stays requested meanwhile).
+_REQUESTED_CALLS = 2
 _LIST_AND_WATCH = f"/{SERVICE}/ListAndWatch".encode()
 ALLOCATE = f"/{SERVICE}/Allocate".encode()
 
@@ -258,6 +261,7 @@ class _Transport:
         self._shut_down = False
         self._destroyed = False
         self._outstanding = 0
+        self._requested = 0  # calls requested from gRPC and not yet arrived
         self._streams: set[_Stream] = set()
         self._refusing = False
         self._latest = b""
@@ -275,7 +279,8 @@ class _Transport:
         self._server.start()
         self._started = True
         with self._lock:
-            self._request_call()
+            for _ in range(_REQUESTED_CALLS):
+                self._request_call()
         self._thread = threading.Thread(
             target=self._run, name=f"gpulet-plugin-{self.name}", daemon=True
         )
@@ -391,6 +396,7 @@ class _Transport:
         if not self._stopping:
             self._server.request_call(self._cq, self._cq, _NEW_CALL)
             self._outstanding += 1
+            self._requested += 1
 
     def _start_batch(self, call: Any, ops: tuple[Any, ...], tag: _Tag) -> bool:
         # Under the lock when another thread may start batches too (streams).
@@ -413,28 +419,37 @@ class _Transport:
         try:
             while True:
                 event = cq.poll()
-                with self._lock:
-                    self._outstanding -= 1
-                self._dispatch(event)
+                tag = event.tag
+                arrival = tag is _NEW_CALL
+                try:
+                    if arrival:
+                        with self._lock:
+                            self._requested -= 1
+                            if self._requested == 0:  # never none requested
+                                self._request_call()
+                        if event.success:
+                            self._new_call(event.call, event.call_details.method)
+                    else:
+                        self._dispatch(tag, event)
+                except Exception:  # a bug: this call is lost, the server keeps serving
+                    log.exception("the gRPC server of %s failed to handle an event", self.name)
                 del event
                 with self._lock:
+                    self._outstanding -= 1
+                    # Topped up after other events (a unary call's answer is then on its way).
+                    if not arrival and self._requested < _REQUESTED_CALLS:
+                        self._request_call()
                     if self._shut_down and self._outstanding == 0:
                         self._destroyed = True
                         self._server.destroy()
                         break
         except BaseException:  # a bug here must not pass silently
-            log.exception("the gRPC server of %s failed", self.name)
+            log.exception("the gRPC server of %s stopped", self.name)
         finally:
             self.done.set()
 
-    def _dispatch(self, event: Any) -> None:
-        tag = event.tag
-        if tag is _NEW_CALL:
-            with self._lock:
-                self._request_call()
-            if event.success:
-                self._new_call(event.call, event.call_details.method)
-        elif tag is _FINISHED:
+    def _dispatch(self, tag: _Tag, event: Any) -> None:
+        if tag is _FINISHED:
             pass
         elif isinstance(tag, _Unary):
             message = event.batch_operations[0].message() if event.success else None
@@ -611,7 +626,10 @@ class PluginServer:
         """Give the streams the device list on every change of the state."""
         with self.state.watch() as watch:
             while True:
-                transport.publish(self.servicer.device_list())
+                try:
+                    transport.publish(self.servicer.device_list())
+                except Exception:  # a bug: the next change tries again
+                    log.exception("cannot send the device list of %s", self.resource.name)
                 await watch.wait()
 
     def _allocated(self) -> None:
