@@ -99,6 +99,17 @@ def test_allocate_answers_as_container_response_does(dgx_h100: Node) -> None:
     assert got.container_responses[1].envs["NVIDIA_VISIBLE_DEVICES"] == f"{b},{c}"
 
 
+def test_a_repeated_request_still_asks_the_state(dgx_h100: Node) -> None:
+    svc = make(dgx_h100)
+    a = ids(svc)[0]
+    first = allocate(svc, [a])
+    assert allocate(svc, [a]) == first  # answered from the cache ...
+    svc.state.set_health(a, False, "XID 79")
+    with pytest.raises(RpcRefusal) as info:  # ... but only once the state agreed
+        allocate(svc, [a])
+    assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
+
+
 def test_answers_that_change_per_call_are_not_cached(
     dgx_h100: Node, tmp_path: pathlib.Path
 ) -> None:

@@ -37,6 +37,7 @@ from gpulet.errors import GpuletError
 __all__ = [
     "HEALTHY",
     "LOGGED_IDS",
+    "MAX_CACHED_REQUEST",
     "MAX_CONTAINER_REQUESTS",
     "MAX_DETAILS",
     "RESPONSE_CACHE_SIZE",
@@ -62,8 +63,10 @@ MAX_CONTAINER_REQUESTS = 64
 LOGGED_IDS = 4
 #: Characters of a refusal's message sent as the status details and logged.
 MAX_DETAILS = 1000
-#: Serialized container answers kept per servicer (by device IDs; emptied when full).
+#: Allocate answers kept per servicer, by the request's bytes (emptied when full) ...
 RESPONSE_CACHE_SIZE = 4096
+#: ... for requests up to this size (the kubelet's are some 60 bytes per device).
+MAX_CACHED_REQUEST = 2048
 
 _CODES = {
     "invalid-argument": grpc.StatusCode.INVALID_ARGUMENT,
@@ -132,7 +135,8 @@ class DevicePluginServicer:
         self._cacheable = (
             "cdi-annotations" not in settings.strategies and not settings.pass_device_specs
         )
-        self._responses: dict[tuple[str, ...], bytes] = {}
+        #: Answers by the request's bytes: (the IDs asked for, the serialized response).
+        self._answers: dict[bytes, tuple[tuple[tuple[str, ...], ...], bytes]] = {}
         self._options = api_pb2.DevicePluginOptions(
             pre_start_required=False, get_preferred_allocation_available=True
         ).SerializeToString()
@@ -227,21 +231,24 @@ class DevicePluginServicer:
     def allocate(self, data: bytes) -> bytes:
         observe = self._observe
         start = time.perf_counter() if observe is not None else 0.0
-        containers = self._decode("Allocate", api_pb2.AllocateRequest, data).container_requests
-        self._check_containers("Allocate", len(containers))
-        requests = [list(c.devices_ids) for c in containers]
-        for ids in requests:
-            if len(ids) > self._max_ids:
-                self._check_ids("Allocate", "devices_ids", ids)
-        try:
-            granted = self.state.allocate(self.resource.name, requests)
-        except AllocationError as e:
-            raise self._refused("Allocate", e) from None
-        cached = self._responses.get
-        response = b"".join(
-            cached(tuple(ids)) or self._container_bytes(ids, devices)
-            for ids, devices in zip(requests, granted, strict=True)
-        )
+        requests: Sequence[Sequence[str]]
+        seen = self._answers.get(data)
+        if seen is not None:  # the same request bytes before: the state is asked all the same
+            requests, response = seen
+            self._allocate(requests)
+        else:
+            containers = self._decode("Allocate", api_pb2.AllocateRequest, data).container_requests
+            self._check_containers("Allocate", len(containers))
+            asked = tuple(tuple(c.devices_ids) for c in containers)
+            for ids in asked:
+                if len(ids) > self._max_ids:
+                    self._check_ids("Allocate", "devices_ids", ids)
+            response = self._answer(self._allocate(asked))
+            if self._cacheable and len(data) <= MAX_CACHED_REQUEST:
+                if len(self._answers) >= RESPONSE_CACHE_SIZE:
+                    self._answers.clear()
+                self._answers[data] = (asked, response)
+            requests = asked
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "Allocate %s: %s", self.resource.name, "; ".join(show_ids(r) for r in requests)
@@ -250,23 +257,22 @@ class DevicePluginServicer:
             observe("Allocate", time.perf_counter() - start)
         return response
 
-    def _container_bytes(self, ids: Sequence[str], devices: Sequence[PluginDevice]) -> bytes:
-        """One container's part of the AllocateResponse, serialized (serialized messages
-        concatenate into one whose repeated fields hold both: the parts join into the
-        response). Cached by device IDs when the answer depends on nothing else (the caller
-        looks in the cache first)."""
-        part = api_pb2.AllocateResponse(
+    def _allocate(self, requests: Sequence[Sequence[str]]) -> list[list[PluginDevice]]:
+        try:
+            return self.state.allocate(self.resource.name, requests)
+        except AllocationError as e:
+            raise self._refused("Allocate", e) from None
+
+    def _answer(self, granted: Sequence[Sequence[PluginDevice]]) -> bytes:
+        mps = self.resource.sharing == "mps"
+        return api_pb2.AllocateResponse(
             container_responses=[
                 container_response(
                     devices,
                     self.settings,
                     resource=self.resource.name,
-                    mps=self.resource.sharing == "mps" and any(d.shared for d in devices),
+                    mps=mps and any(d.shared for d in devices),
                 )
+                for devices in granted
             ]
         ).SerializeToString()
-        if self._cacheable:
-            if len(self._responses) >= RESPONSE_CACHE_SIZE:
-                self._responses.clear()
-            self._responses[tuple(ids)] = part
-        return part
