@@ -272,6 +272,163 @@ def test_servicer_in_process(
     benchmark(allocate if rpc == "Allocate" else preferred)
 
 
+# --- server flavours ------------------------------------------------------------------------
+
+#: Serves the servicer of a simulated DGX H100 in one flavour: ``python -c FLAVOUR_SERVER NAME
+#: DIRECTORY`` prints the socket's path once it serves. ``grpc.aio`` and ``grpc.server`` (a
+#: pool of 4 threads) run the servicer's byte functions as generic handlers (no (de)serializer,
+#: so the transport alone differs); ``gpulet`` is PluginServer.
+FLAVOUR_SERVER = """
+import asyncio, pathlib, sys
+from concurrent import futures
+import grpc
+import gpulet
+from gpulet import config
+from gpulet.agent.state import AgentState
+from gpulet.deviceplugin import ResponseSettings, build_inventory
+from gpulet.deviceplugin.server import SERVER_OPTIONS, PluginServer
+from gpulet.deviceplugin.servicer import SERVICE, DevicePluginServicer
+
+name, directory = sys.argv[1], pathlib.Path(sys.argv[2])
+cfg = config.parse({"version": "v1"})
+node = gpulet.discover()
+state = AgentState(node, cfg, build_inventory(node, cfg))
+spec = state.inventory.resource("nvidia.com/gpu")
+settings = ResponseSettings.from_config(cfg)
+socket = directory / spec.socket_name
+prefix = f"/{SERVICE}/".encode()
+
+def generic(wrap):
+    svc = DevicePluginServicer(state, spec, settings)
+    return grpc.method_handlers_generic_handler(SERVICE, {
+        path[len(prefix):].decode(): grpc.unary_unary_rpc_method_handler(wrap(fn))
+        for path, fn in svc.unary.items()
+    })
+
+async def serve_aio():
+    def wrap(fn):
+        async def handler(request, context):
+            return fn(request)
+        return handler
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    server.add_generic_rpc_handlers((generic(wrap),))
+    server.add_insecure_port(f"unix://{socket}")
+    await server.start()
+    print(socket, flush=True)
+    await server.wait_for_termination()
+
+def serve_sync():
+    server = grpc.server(futures.ThreadPoolExecutor(4), options=SERVER_OPTIONS)
+    server.add_generic_rpc_handlers((generic(lambda fn: lambda request, context: fn(request)),))
+    server.add_insecure_port(f"unix://{socket}")
+    server.start()
+    print(socket, flush=True)
+    server.wait_for_termination()
+
+async def serve_gpulet():
+    server = PluginServer(state, spec, directory, settings, on_allocate=lambda: None)
+    await server.start()
+    print(server.path, flush=True)
+    await asyncio.Event().wait()
+
+if name == "grpc.aio":
+    asyncio.run(serve_aio())
+elif name == "grpc.server":
+    serve_sync()
+else:
+    asyncio.run(serve_gpulet())
+"""
+
+FLAVOURS = ("grpc.aio", "grpc.server", "gpulet")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_server_flavours(benchmark: Benchmark) -> None:
+    """The same servicer behind three gRPC servers, each in its own process, called in turn by
+    one client thread (the flavour that goes first rotates every call): the empty RPC
+    (GetDevicePluginOptions, the floor each server sets) and Allocate (one GPU, GPU ``i mod 8``),
+    p50 / p99 and the server process's CPU time per call."""
+    calls = 3 if benchmark.disabled else 2000
+    warmup = 2 if benchmark.disabled else 200
+    root = pathlib.Path(tempfile.mkdtemp(prefix="gpl-fl-", dir="/tmp"))
+    procs: dict[str, subprocess.Popen[str]] = {}
+    result: dict[tuple[str, str], tuple[list[float], float]] = {}
+    try:
+        with gpulet.simulated("dgx-h100") as sim, contextlib.ExitStack() as stack:
+            ids = sorted(g.uuid for g in gpulet.discover().gpus)
+            env = {**sim.env, "PYTHONPATH": os.pathsep.join(sys.path)}
+            stubs: dict[str, dp_grpc.DevicePluginStub] = {}
+            for name in FLAVOURS:
+                directory = root / name.replace(".", "-")
+                directory.mkdir()
+                proc = subprocess.Popen(
+                    [sys.executable, "-c", FLAVOUR_SERVER, name, str(directory)],
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+                procs[name] = proc
+                assert proc.stdout is not None
+                socket = proc.stdout.readline().strip()
+                assert socket, f"{name} did not start"
+                channel = stack.enter_context(grpc.insecure_channel(f"unix://{socket}"))
+                stubs[name] = dp_grpc.DevicePluginStub(channel)
+            requests = [
+                dp.AllocateRequest(
+                    container_requests=[dp.ContainerAllocateRequest(devices_ids=[g])]
+                )
+                for g in ids
+            ]
+
+            def call(name: str, rpc: str, i: int) -> None:
+                if rpc == "GetDevicePluginOptions":
+                    stubs[name].GetDevicePluginOptions(dp.Empty(), timeout=30)
+                else:
+                    stubs[name].Allocate(requests[i % 8], timeout=30)
+
+            def measure() -> None:
+                for rpc in ("GetDevicePluginOptions", "Allocate"):
+                    for i in range(warmup):
+                        for name in FLAVOURS:
+                            call(name, rpc, i)
+                    samples: dict[str, list[float]] = {n: [] for n in FLAVOURS}
+                    cpu = {n: cpu_seconds(procs[n].pid) for n in FLAVOURS}
+                    for i in range(calls):
+                        k = i % len(FLAVOURS)
+                        for name in FLAVOURS[k:] + FLAVOURS[:k]:
+                            t = time.perf_counter()
+                            call(name, rpc, i)
+                            samples[name].append(time.perf_counter() - t)
+                    for name in FLAVOURS:
+                        used = (cpu_seconds(procs[name].pid) - cpu[name]) / calls
+                        result[(name, rpc)] = (samples[name], used)
+
+            benchmark.pedantic(measure, rounds=1, iterations=1)
+    finally:
+        for proc in procs.values():
+            proc.terminate()
+            proc.wait(timeout=30)
+        shutil.rmtree(root, ignore_errors=True)
+    print(f"\n{calls} calls per flavour and RPC after {warmup}; load {load_average()}")
+    print("| RPC | server | p50 | p99 | server CPU per call |\n|---|---|---|---|---|")
+    for (name, rpc), (samples, used) in result.items():
+        print(
+            f"| {rpc} | {name} | {percentile(samples, 0.5) * 1e3:.2f} ms | "
+            f"{percentile(samples, 0.99) * 1e3:.2f} ms | {used * 1e6:.0f} µs |"
+        )
+    assert all(len(samples) == calls for samples, _ in result.values())
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def test_re_registration_after_kubelet_restart(benchmark: Benchmark, plugin: Plugin) -> None:
     kubelet = plugin.kubelet
     restarts = 2 if benchmark.disabled else 50
