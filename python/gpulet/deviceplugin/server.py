@@ -12,9 +12,10 @@ The transport: every call is handled on one thread per server, which polls the g
 completion queue itself (grpcio's low-level ``cygrpc`` layer, the one ``grpc.server`` and
 ``grpc.aio`` are built on) and runs the servicer's functions (bytes in, bytes out) inline.
 Neither stock server does that: ``grpc.server`` hands each call to a pool thread and back
-several times, ``grpc.aio`` wakes the event loop from a poller thread for each step, and on a
-small machine those hand-offs cost three times the CPU of the call itself (benches/RESULTS.md,
-"Device plugin"). Handlers take tens of microseconds and never block (the state does no I/O).
+several times, ``grpc.aio`` wakes the event loop from a poller thread for each step; on the
+2-core development machine they cost 230-350 µs of server CPU per empty call against some
+100 µs for this loop (benches/RESULTS.md, "Device plugin"). Handlers take tens of microseconds
+and never block (the state does no I/O).
 
 ListAndWatch streams are bounded: at most :data:`MAX_LIST_AND_WATCH_STREAMS` open per resource
 (the kubelet opens one; another stream beyond the cap is refused with ``RESOURCE_EXHAUSTED``:
@@ -79,8 +80,8 @@ MAX_LIST_AND_WATCH_STREAMS = 4
 #: Concurrent calls on one connection (the kubelet multiplexes its calls on one).
 MAX_CONCURRENT_STREAMS = 64
 #: Options of every device-plugin server: no port sharing, bounded requests and concurrency,
-#: and no BDP probing (the flow-control windows stay at their initial 64 KiB instead of
-#: growing to megabytes, which bounds what a stream that does not read can take up).
+#: and no BDP probing (the pings gRPC uses to grow HTTP/2 flow-control windows for throughput;
+#: without them a stream that does not read stalls sooner: measured, after half as much).
 SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.so_reuseport", 0),
     ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
@@ -92,7 +93,7 @@ SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
 #: after its answer is sent, not before (one more stays requested meanwhile).
 _REQUESTED_CALLS = 2
 _LIST_AND_WATCH = f"/{SERVICE}/ListAndWatch".encode()
-ALLOCATE = f"/{SERVICE}/Allocate".encode()
+_ALLOCATE = f"/{SERVICE}/Allocate".encode()
 
 
 class SocketPathError(GpuletError, ValueError):
@@ -136,7 +137,7 @@ def _kind(mode: int) -> str:
     ):
         if test(mode):
             return name
-    return "not a socket"
+    return "a special file"
 
 
 def _bind_error(path: pathlib.Path) -> str:
@@ -597,7 +598,7 @@ class PluginServer:
                 f"cannot create the directory {self.path.parent}: {e.strerror or e}"
             ) from None
         self._clear_path()
-        after = {ALLOCATE: self._allocated} if self._on_allocate is not None else {}
+        after = {_ALLOCATE: self._allocated} if self._on_allocate is not None else {}
         transport = _Transport(self.resource.name, self.servicer.unary, self.max_streams, after)
         with _umask(0o177):
             bound = transport.bind(self.path)
