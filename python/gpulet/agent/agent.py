@@ -561,7 +561,13 @@ class Agent:
                 if not server.socket_present():
                     if server.serving:
                         log.info("the socket of %s is gone: serving it again", name)
-                    self._registrations[name].generation = -1
+                    # A registration still running names the socket that is gone: it must
+                    # not count for the new one.
+                    reg = self._registrations[name]
+                    reg.generation = -1
+                    if reg.task is not None and not reg.task.done():
+                        reg.task.cancel()
+                    reg.task, reg.task_generation = None, -1
                     try:
                         await server.start()
                     except (GpuletError, OSError, RuntimeError) as e:
