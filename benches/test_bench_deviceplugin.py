@@ -42,9 +42,9 @@ import gpulet
 from gpulet import alloc, config
 from gpulet._proto.deviceplugin.v1beta1 import api_pb2 as dp
 from gpulet._proto.deviceplugin.v1beta1 import api_pb2_grpc as dp_grpc
-from gpulet.agent.state import AgentState
-from gpulet.deviceplugin import ResponseSettings, build_inventory
+from gpulet.deviceplugin import ResponseSettings, build_resources
 from gpulet.deviceplugin.servicer import DevicePluginServicer
+from gpulet.deviceplugin.state import DevicePluginState
 from gpulet.testing.kubelet import KubeletStandin
 
 Benchmark = Any  # pytest-benchmark's fixture has no public type
@@ -229,8 +229,8 @@ def servicer() -> tuple[DevicePluginServicer, list[str]]:
     cfg = config.parse({"version": "v1"})
     with gpulet.simulated("dgx-h100"):
         node = gpulet.discover()
-    state = AgentState(node, cfg, build_inventory(node, cfg))
-    spec = state.inventory.resource(GPU)
+    state = DevicePluginState(node, cfg, build_resources(node, cfg))
+    spec = state.resources.resource(GPU)
     alloc.prepare(node.topology)
     return (
         DevicePluginServicer(state, spec, ResponseSettings.from_config(cfg)),
@@ -284,16 +284,16 @@ from concurrent import futures
 import grpc
 import gpulet
 from gpulet import config
-from gpulet.agent.state import AgentState
-from gpulet.deviceplugin import ResponseSettings, build_inventory
+from gpulet.deviceplugin.state import DevicePluginState
+from gpulet.deviceplugin import ResponseSettings, build_resources
 from gpulet.deviceplugin.server import SERVER_OPTIONS, PluginServer
 from gpulet.deviceplugin.servicer import SERVICE, DevicePluginServicer
 
 name, directory = sys.argv[1], pathlib.Path(sys.argv[2])
 cfg = config.parse({"version": "v1"})
 node = gpulet.discover()
-state = AgentState(node, cfg, build_inventory(node, cfg))
-spec = state.inventory.resource("nvidia.com/gpu")
+state = DevicePluginState(node, cfg, build_resources(node, cfg))
+spec = state.resources.resource("nvidia.com/gpu")
 settings = ResponseSettings.from_config(cfg)
 socket = directory / spec.socket_name
 prefix = f"/{SERVICE}/".encode()

@@ -4,9 +4,10 @@
 # extension registers them: nvml (discovery, topology), mig, alloc (ledger), events.
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import ClassVar, Literal, TypeAlias, final
+from typing import ClassVar, Final, Literal, TypeAlias, final
 
 __all__ = [
+    "REPLICA_SEPARATOR",
     "ClaimOwner",
     "ContainerOwner",
     "Event",
@@ -310,6 +311,9 @@ def mig_stranded(model: str, layout: _MigLayoutLike) -> tuple[int, int]: ...
 # ---- alloc: preferred allocation, replicas, ledger ----
 
 _AllocDevice: TypeAlias = str | tuple[str, int, int]
+
+#: Between a GPU UUID and a replica number in a replica ID: ``<UUID>::<n>``.
+REPLICA_SEPARATOR: Final[str]
 
 def preferred(
     topo: Topology,

@@ -37,10 +37,19 @@ from collections.abc import Iterable, Mapping
 from typing import Literal, TypeAlias
 
 from gpulet import _core
-from gpulet._core import ClaimOwner, ContainerOwner, GpuUsage, Ledger, Topology, Utilisation
+from gpulet._core import (
+    REPLICA_SEPARATOR,
+    ClaimOwner,
+    ContainerOwner,
+    GpuUsage,
+    Ledger,
+    Topology,
+    Utilisation,
+)
 
 __all__ = [
     "PATHS",
+    "REPLICA_SEPARATOR",
     "ClaimOwner",
     "ContainerOwner",
     "Device",
@@ -53,6 +62,7 @@ __all__ = [
     "Utilisation",
     "preferred",
     "prepare",
+    "replica_id",
     "replicas_allocated",
     "score",
     "select_replicas",
@@ -63,6 +73,12 @@ Policy: TypeAlias = Literal["best-effort", "simple"]
 
 ReplicaPolicy: TypeAlias = Literal["distributed", "packed", "spread"]
 """How replicas are spread over physical GPUs (NVIDIA's names)."""
+
+
+def replica_id(uuid: str, n: int) -> str:
+    """The ID of replica ``n`` of a GPU or MIG device: ``<UUID>::<n>``."""
+    return f"{uuid}{REPLICA_SEPARATOR}{n}"
+
 
 MigSlice: TypeAlias = tuple[str, int, int]
 """A MIG slice in the ledger: (parent GPU UUID, GPU-instance profile id, placement start)."""

@@ -35,8 +35,7 @@ from gpulet import config
 from gpulet._core import Node
 from gpulet._proto.deviceplugin.v1beta1 import api_pb2 as dp
 from gpulet._proto.deviceplugin.v1beta1 import api_pb2_grpc as dp_grpc
-from gpulet.agent.state import AgentState
-from gpulet.deviceplugin import ResponseSettings, build_inventory
+from gpulet.deviceplugin import ResponseSettings, build_resources
 from gpulet.deviceplugin.server import (
     MAX_LIST_AND_WATCH_STREAMS,
     MAX_REQUEST_BYTES,
@@ -47,6 +46,7 @@ from gpulet.deviceplugin.server import (
     SocketPathError,
 )
 from gpulet.deviceplugin.servicer import MAX_CONTAINER_REQUESTS, MAX_DETAILS
+from gpulet.deviceplugin.state import DevicePluginState
 from gpulet.errors import GpuletError
 from gpulet.testing.kubelet import WAIT, PluginClient
 
@@ -61,9 +61,9 @@ def discover(spec: str) -> Node:
         return gpulet.discover()
 
 
-def make_state(node: Node, **doc: Any) -> AgentState:
+def make_state(node: Node, **doc: Any) -> DevicePluginState:
     cfg = config.parse({"version": "v1", **doc})
-    return AgentState(node, cfg, build_inventory(node, cfg))
+    return DevicePluginState(node, cfg, build_resources(node, cfg))
 
 
 @pytest.fixture(scope="module")
@@ -83,13 +83,13 @@ def root() -> Iterator[pathlib.Path]:
 class Served:
     """A PluginServer of ``nvidia.com/gpu`` on its own event loop in a thread."""
 
-    def __init__(self, state: AgentState, directory: pathlib.Path, **kwargs: Any) -> None:
+    def __init__(self, state: DevicePluginState, directory: pathlib.Path, **kwargs: Any) -> None:
         self.state = state
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
         self.server = PluginServer(
-            state, state.inventory.resource(GPU), directory, ResponseSettings(), **kwargs
+            state, state.resources.resource(GPU), directory, ResponseSettings(), **kwargs
         )
 
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -114,7 +114,7 @@ class Served:
 
 
 @contextlib.contextmanager
-def serving(state: AgentState, directory: pathlib.Path, **kwargs: Any) -> Iterator[Served]:
+def serving(state: DevicePluginState, directory: pathlib.Path, **kwargs: Any) -> Iterator[Served]:
     s = Served(state, directory, **kwargs)
     try:
         s.start()
@@ -140,9 +140,9 @@ def allocate_request(*containers: list[str]) -> dp.AllocateRequest:
 # --- socket paths ----------------------------------------------------------------------------
 
 
-def directory_for(root: pathlib.Path, state: AgentState, size: int) -> pathlib.Path:
+def directory_for(root: pathlib.Path, state: DevicePluginState, size: int) -> pathlib.Path:
     """A directory under ``root`` in which the socket's path is ``size`` bytes long."""
-    name = state.inventory.resource(GPU).socket_name
+    name = state.resources.resource(GPU).socket_name
     fill = size - len(os.fsencode(str(root))) - 2 - len(name)
     assert fill > 0, "the temporary root is too long for this test"
     directory = root / ("d" * fill)
@@ -164,7 +164,7 @@ def test_the_longest_socket_path_serves_and_one_byte_more_is_refused(
 
     over = directory_for(root / "b", state, MAX_SOCKET_PATH + 1)
     with pytest.raises(SocketPathError, match=f"at most {MAX_SOCKET_PATH} bytes"):
-        PluginServer(state, state.inventory.resource(GPU), over, ResponseSettings())
+        PluginServer(state, state.resources.resource(GPU), over, ResponseSettings())
     assert not (root / "b").exists()  # refused before anything was made
 
 

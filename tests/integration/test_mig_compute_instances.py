@@ -20,8 +20,8 @@ import pytest
 import gpulet
 from gpulet import config
 from gpulet._core import Node
-from gpulet.deviceplugin import ResourceError, build_inventory
-from gpulet.deviceplugin.resources import MigInfo, PhysicalDevice
+from gpulet.deviceplugin import ResourceError, build_resources
+from gpulet.inventory import MigInfo, PhysicalDevice
 
 pytestmark = pytest.mark.usefixtures("fake_library")
 
@@ -128,7 +128,7 @@ def split_node(tmp_path_factory: pytest.TempPathFactory) -> tuple[Node, Node, di
 
 
 def inventory(node: Node, **doc: Any) -> Any:
-    return build_inventory(node, config.parse({"version": "v1", **doc}))
+    return build_resources(node, config.parse({"version": "v1", **doc}))
 
 
 def test_full_size_compute_instances_fill_their_gpu_instance(

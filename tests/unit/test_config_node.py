@@ -16,7 +16,7 @@ import gpulet
 from gpulet import config
 from gpulet._core import Node
 from gpulet.config import MAX_DEVICES_PER_RESOURCE, MAX_REPLICAS, ConfigError, validate_for_node
-from gpulet.deviceplugin.resources import Inventory, _entry_paths, build_inventory
+from gpulet.deviceplugin.resources import ResourceSet, _entry_paths, build_resources
 from gpulet.errors import GpuletError
 
 pytestmark = pytest.mark.usefixtures("fake_library")
@@ -64,12 +64,12 @@ def cfg(**doc: Any) -> config.Config:
     return config.parse({"version": "v1", **doc})
 
 
-def inventory(node: Node, **doc: Any) -> Inventory:
-    return build_inventory(node, cfg(**doc))
+def inventory(node: Node, **doc: Any) -> ResourceSet:
+    return build_resources(node, cfg(**doc))
 
 
 def refused(node: Node, **doc: Any) -> ConfigError:
-    """The error build_inventory raises; validate_for_node raises the same for node-wide keys."""
+    """The error build_resources raises; validate_for_node raises the same for node-wide keys."""
     with pytest.raises(ConfigError) as e:
         inventory(node, **doc)
     assert isinstance(e.value, GpuletError)
@@ -163,7 +163,7 @@ def test_the_error_names_the_config_file(dgx_h100: Node, tmp_path: pathlib.Path)
         encoding="utf-8",
     )
     with pytest.raises(ConfigError) as e:
-        build_inventory(dgx_h100, config.load(path, env={}))
+        build_resources(dgx_h100, config.load(path, env={}))
     assert str(e.value) == (
         f"gpulet.gpuReplicas[0].devices[0]: GPU 8 does not exist on this node (GPUs 0-7) "
         f"(in {path})"

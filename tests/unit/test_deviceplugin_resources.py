@@ -11,8 +11,8 @@ import pytest
 import gpulet
 from gpulet import config
 from gpulet._core import Node
-from gpulet.deviceplugin import ResourceError, build_inventory, mig_resource_name
-from gpulet.deviceplugin.resources import Inventory
+from gpulet.deviceplugin import ResourceError, build_resources, mig_resource_name
+from gpulet.deviceplugin.resources import ResourceSet
 
 pytestmark = pytest.mark.usefixtures("fake_library")
 
@@ -61,8 +61,8 @@ def single_mig(fake_library: pathlib.Path, tmp_path_factory: pytest.TempPathFact
     return discover(path)
 
 
-def inventory(node: Node, **doc: Any) -> Inventory:
-    return build_inventory(node, config.parse({"version": "v1", **doc}))
+def inventory(node: Node, **doc: Any) -> ResourceSet:
+    return build_resources(node, config.parse({"version": "v1", **doc}))
 
 
 def test_none_strategy_every_gpu_whole(hgx_h200: Node) -> None:

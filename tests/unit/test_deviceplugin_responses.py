@@ -6,9 +6,9 @@ import pathlib
 
 import pytest
 
-from gpulet.deviceplugin import PhysicalDevice, PluginDevice, ResponseSettings, container_response
-from gpulet.deviceplugin.resources import MigInfo
+from gpulet.deviceplugin import PluginDevice, ResponseSettings, container_response
 from gpulet.deviceplugin.responses import container_ids
+from gpulet.inventory import MigInfo, PhysicalDevice
 
 U0 = "GPU-00000000-0000-0000-0000-000000000000"
 U3 = "GPU-33333333-3333-3333-3333-333333333333"

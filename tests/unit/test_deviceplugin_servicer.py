@@ -12,8 +12,7 @@ import gpulet
 from gpulet import config
 from gpulet._core import Node
 from gpulet._proto.deviceplugin.v1beta1 import api_pb2 as dp
-from gpulet.agent.state import AgentState
-from gpulet.deviceplugin import ResponseSettings, build_inventory, container_response
+from gpulet.deviceplugin import ResponseSettings, build_resources, container_response
 from gpulet.deviceplugin.servicer import (
     MAX_CONTAINER_REQUESTS,
     MAX_DETAILS,
@@ -24,6 +23,7 @@ from gpulet.deviceplugin.servicer import (
     list_response,
     show_ids,
 )
+from gpulet.deviceplugin.state import DevicePluginState
 
 pytestmark = pytest.mark.usefixtures("fake_library")
 
@@ -38,9 +38,9 @@ def dgx_h100(fake_library: pathlib.Path) -> Node:
 
 def make(node: Node, settings: ResponseSettings | None = None, **doc: Any) -> DevicePluginServicer:
     cfg = config.parse({"version": "v1", **doc})
-    state = AgentState(node, cfg, build_inventory(node, cfg))
+    state = DevicePluginState(node, cfg, build_resources(node, cfg))
     return DevicePluginServicer(
-        state, state.inventory.resource(GPU), settings or ResponseSettings()
+        state, state.resources.resource(GPU), settings or ResponseSettings()
     )
 
 
@@ -189,10 +189,10 @@ def test_state_refusals_keep_their_code(dgx_h100: Node) -> None:
 def test_observe_gets_each_timed_rpc(dgx_h100: Node) -> None:
     seen: list[str] = []
     cfg = config.parse({"version": "v1"})
-    state = AgentState(dgx_h100, cfg, build_inventory(dgx_h100, cfg))
+    state = DevicePluginState(dgx_h100, cfg, build_resources(dgx_h100, cfg))
     svc = DevicePluginServicer(
         state,
-        state.inventory.resource(GPU),
+        state.resources.resource(GPU),
         ResponseSettings(),
         observe=lambda rpc, seconds: seen.append(rpc) if seconds >= 0 else None,
     )

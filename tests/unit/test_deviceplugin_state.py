@@ -11,15 +11,15 @@ import pytest
 import gpulet
 from gpulet import alloc, config
 from gpulet._core import Node
-from gpulet.agent.state import (
+from gpulet.alloc import ClaimOwner, ContainerOwner
+from gpulet.deviceplugin import build_resources
+from gpulet.deviceplugin.state import (
     PENDING_NAMESPACE,
     SHARED_NAMESPACE,
-    AgentState,
     AllocationError,
     ContainerDevices,
+    DevicePluginState,
 )
-from gpulet.alloc import ClaimOwner, ContainerOwner
-from gpulet.deviceplugin import build_inventory
 
 pytestmark = pytest.mark.usefixtures("fake_library")
 
@@ -46,16 +46,18 @@ def hgx_h200(fake_library: pathlib.Path) -> Node:
     return discover("hgx-h200")
 
 
-def make(node: Node, **doc: Any) -> AgentState:
+def make(node: Node, **doc: Any) -> DevicePluginState:
     cfg = config.parse({"version": "v1", **doc})
-    return AgentState(node, cfg, build_inventory(node, cfg))
+    return DevicePluginState(node, cfg, build_resources(node, cfg))
 
 
-def ids(state: AgentState, resource: str = GPU) -> list[str]:
+def ids(state: DevicePluginState, resource: str = GPU) -> list[str]:
     return [s.device.id for s in state.list_devices(resource)]
 
 
-def refused(state: AgentState, code: str, needle: str, resource: str, *requests: list[str]) -> None:
+def refused(
+    state: DevicePluginState, code: str, needle: str, resource: str, *requests: list[str]
+) -> None:
     before = (state.ledger.snapshot(), state.assignments())
     with pytest.raises(AllocationError, match=needle) as info:
         state.allocate(resource, list(requests))
@@ -257,7 +259,7 @@ def test_preferred_replicas_spread_over_gpus(dgx_h100: Node) -> None:
     available = ids(s)
     s.allocate(GPU, [[available[0]]])  # one replica of GPU 0 is held
     got = s.preferred(GPU, available[1:], [], 3)
-    gpus = {s.inventory.by_id[i].physical.gpu_index for i in got}
+    gpus = {s.resources.by_id[i].physical.gpu_index for i in got}
     assert len(gpus) == 3
     assert 0 not in gpus
     packed = make(
@@ -266,7 +268,7 @@ def test_preferred_replicas_spread_over_gpus(dgx_h100: Node) -> None:
         sharing={"timeSlicing": {"resources": [{"name": GPU, "replicas": 4}]}},
     )
     got = packed.preferred(GPU, available, [], 3)
-    assert len({packed.inventory.by_id[i].physical.gpu_index for i in got}) == 1
+    assert len({packed.resources.by_id[i].physical.gpu_index for i in got}) == 1
 
 
 def test_watch_wakes_on_health_changes(dgx_h100: Node) -> None:
@@ -302,10 +304,10 @@ def test_allocate_of_an_attributed_owners_devices_is_a_new_pending_owner(dgx_h10
     assert s.ledger.holder_of(a) == owner
 
 
-def _replicas(state: AgentState) -> dict[int, list[str]]:
+def _replicas(state: DevicePluginState) -> dict[int, list[str]]:
     by_gpu: dict[int, list[str]] = {}
     for i in ids(state):
-        by_gpu.setdefault(state.inventory.by_id[i].physical.gpu_index, []).append(i)
+        by_gpu.setdefault(state.resources.by_id[i].physical.gpu_index, []).append(i)
     return by_gpu
 
 
@@ -320,7 +322,7 @@ def test_preferred_replicas_count_what_the_kubelet_does_not_offer_as_in_use(dgx_
     available = [r for g in range(4) for r in by_gpu[g][:1]]
     available += [r for g in range(4, 8) for r in by_gpu[g]]
     got = s.preferred(GPU, available, [], 4)
-    assert {s.inventory.by_id[i].physical.gpu_index for i in got} == {4, 5, 6, 7}
+    assert {s.resources.by_id[i].physical.gpu_index for i in got} == {4, 5, 6, 7}
     assert stale, "a disagreement with the records asks for a reconciliation"
 
 
@@ -342,7 +344,7 @@ def test_preferred_replicas_trust_the_kubelet_over_stale_records(dgx_h100: Node)
     got = s.preferred(GPU, ids(s), [], 2)
     # With the stale records, "packed" would fill the GPU with two held already; the kubelet
     # says nothing is in use, so the tie-break decides.
-    assert {s.inventory.by_id[i].physical.gpu_index for i in got} == {first}
+    assert {s.resources.by_id[i].physical.gpu_index for i in got} == {first}
     assert stale
     # When the views agree, nothing is asked for.
     stale.clear()

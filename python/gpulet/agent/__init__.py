@@ -1,45 +1,16 @@
-"""The gpulet agent: one process per GPU node.
+"""The gpulet agent: one process per GPU node, wiring the pieces together.
 
-- :class:`AgentState` (``gpulet.agent.state``): the one object that decides who holds which
-  device; the device plugin's servicers translate into calls on it.
-- :class:`Agent` and :class:`AgentOptions` (``gpulet.agent.agent``): the process: NVML, CDI,
-  the device-plugin servers, registration with the kubelet, PodResources reconciliation.
+- :class:`Agent` and :class:`AgentOptions` (``gpulet.agent.agent``): the process: the agent
+  lock, NVML, the node inventory (``gpulet.inventory``), the device plugin's state and servers
+  (``gpulet.deviceplugin``), CDI, registration with the kubelet, PodResources reconciliation,
+  SIGHUP reloads. The agent decides nothing itself: the state objects below it do.
 - ``gpulet.agent.inotify``: the kubelet-directory watcher.
-
-``Agent`` and ``AgentOptions`` are imported on first use (they pull in gRPC).
+- ``gpulet.agent.lock``: one agent per kubelet root.
+- ``gpulet.agent.http``: ``/healthz`` and ``/readyz``.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from gpulet.agent.agent import Agent, AgentOptions, StartupError
 
-from gpulet.agent.state import (
-    AgentState,
-    AllocationError,
-    Assignment,
-    ContainerDevices,
-    DeviceStatus,
-    ReconcileReport,
-)
-
-if TYPE_CHECKING:
-    from gpulet.agent.agent import Agent, AgentOptions
-
-__all__ = [
-    "Agent",
-    "AgentOptions",
-    "AgentState",
-    "AllocationError",
-    "Assignment",
-    "ContainerDevices",
-    "DeviceStatus",
-    "ReconcileReport",
-]
-
-
-def __getattr__(name: str) -> Any:
-    if name in ("Agent", "AgentOptions"):
-        from gpulet.agent import agent
-
-        return getattr(agent, name)
-    raise AttributeError(f"module 'gpulet.agent' has no attribute {name!r}")
+__all__ = ["Agent", "AgentOptions", "StartupError"]

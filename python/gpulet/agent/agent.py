@@ -2,9 +2,11 @@
 
 Start-up, in the order docs/architecture.md explains: take the agent lock of the kubelet root
 (a second agent on the same root waits, NotReady, until the first one exits); wait for NVML
-(NotReady with the reason meanwhile, or exit under ``failOnInitError``); build the inventory
-and the state (topology prepared once); (checkpoint: later) reconcile with PodResources; write
-the CDI spec; serve one gRPC server per resource; register each with the kubelet.
+(NotReady with the reason meanwhile, or exit under ``failOnInitError``); build the node
+inventory (``gpulet.inventory``: devices, the device plugin / DRA split, health), the resources
+to advertise and the device plugin's state (topology prepared once); (checkpoint: later)
+reconcile with PodResources; write the CDI spec; serve one gRPC server per resource; register
+each with the kubelet.
 
 Then the agent lives on events, not polling: an inotify watch on the device-plugins directory
 re-registers every resource as soon as the kubelet's ``kubelet.sock`` is created again (a
@@ -35,15 +37,16 @@ from gpulet._core import Node
 from gpulet.agent.http import ProbeServer
 from gpulet.agent.inotify import DirEvent, DirWatcher
 from gpulet.agent.lock import AgentLock, lock_path
-from gpulet.agent.state import AgentState, ReconcileReport
 from gpulet.alloc import Ledger
 from gpulet.config import Config
 from gpulet.deviceplugin.podresources import PodResourcesClient, PodResourcesError
 from gpulet.deviceplugin.registration import RegistrationError, register
-from gpulet.deviceplugin.resources import Inventory, ResourceSpec, build_inventory
+from gpulet.deviceplugin.resources import ResourceSet, ResourceSpec, build_resources
 from gpulet.deviceplugin.responses import ResponseSettings
 from gpulet.deviceplugin.server import PluginServer
+from gpulet.deviceplugin.state import DevicePluginState, ReconcileReport
 from gpulet.errors import GpuletError
+from gpulet.inventory import NodeInventory
 from gpulet.readiness import NvmlProbe, Readiness
 
 __all__ = ["DEFAULT_CDI_ROOT", "Agent", "AgentOptions", "StartupError"]
@@ -234,8 +237,9 @@ class Agent:
             default_health_monitor(config) if health is True else (health or None)
         )
         self.node: Node | None = None
-        self.state: AgentState | None = None
-        self.inventory: Inventory | None = None
+        self.node_inventory: NodeInventory | None = None
+        self.state: DevicePluginState | None = None
+        self.resources: ResourceSet | None = None
         self.servers: dict[str, PluginServer] = {}
         self.stats = AgentStats()
         self.cdi_spec: pathlib.Path | None = None
@@ -272,7 +276,7 @@ class Agent:
         probe = self._probe.readiness
         if not probe.ready:
             return probe
-        if self._serving_since is None or self.inventory is None:
+        if self._serving_since is None or self.resources is None:
             return Readiness(False, "starting the device-plugin servers", probe.since)
         if self._lock is not None and not self._lock.still_held():
             return Readiness(
@@ -295,7 +299,7 @@ class Agent:
                 else f"waiting for the kubelet ({self.options.kubelet_socket} is not there)"
             )
             return Readiness(False, f"{where}: {', '.join(unregistered)} not registered", now)
-        names = ", ".join(f"{r.name} ({len(r.devices)})" for r in self.inventory.resources)
+        names = ", ".join(f"{r.name} ({len(r.devices)})" for r in self.resources.resources)
         return Readiness(True, f"serving {names or 'no resources'}", self._serving_since)
 
     @property
@@ -368,24 +372,26 @@ class Agent:
 
         node = await self._wait_for_nvml()
         self.node = node
-        inventory = build_inventory(node, self.config)
-        for note in inventory.notes:
+        node_inventory = NodeInventory(node, self.config)
+        resources = build_resources(node, self.config)
+        for note in resources.notes:
             log.warning("%s", note)
-        state = AgentState(node, self.config, inventory, self._ledger)
+        state = DevicePluginState(node_inventory, self.config, resources, self._ledger)
         state.on_stale = self._allocated
-        if any(r.whole_gpus and r.devices for r in inventory.resources):
+        self.node_inventory = node_inventory
+        if any(r.whole_gpus and r.devices for r in resources.resources):
             await asyncio.to_thread(alloc.prepare, node.topology)
-        self.inventory, self.state = inventory, state
+        self.resources, self.state = resources, state
         log.info(
             "advertising %s",
-            ", ".join(f"{n}: {c}" for n, c in inventory.counts().items()) or "nothing",
+            ", ".join(f"{n}: {c}" for n, c in resources.counts().items()) or "nothing",
         )
 
         # (The checkpoint comes here once there is one.) Then PodResources.
         await self.reconcile()
         if self.options.cdi_root is not None:
             await self._write_cdi()
-        await self._start_health(node, state)
+        await self._start_health(node, node_inventory)
 
         plugin_dir = self.options.plugin_dir
         try:
@@ -398,7 +404,7 @@ class Agent:
                 f"{getattr(e, 'strerror', None) or e}"
             ) from None
         settings = self._settings(self.config)
-        for r in inventory.resources:
+        for r in resources.resources:
             await self._add_server(state, r, settings, initial=True)
         self._serving_since = time.monotonic()
         if self.options.kubelet_socket.exists():
@@ -414,7 +420,12 @@ class Agent:
         )
 
     async def _add_server(
-        self, state: AgentState, r: ResourceSpec, settings: ResponseSettings, *, initial: bool
+        self,
+        state: DevicePluginState,
+        r: ResourceSpec,
+        settings: ResponseSettings,
+        *,
+        initial: bool,
     ) -> None:
         """Make and start the server of resource ``r``. At start-up a failure is fatal (one
         line, the kubelet restarts the container); later it is retried with backoff."""
@@ -433,7 +444,7 @@ class Agent:
     async def _write_cdi(self) -> None:
         assert self.node is not None
         node, o = self.node, self.options
-        served = self.inventory.served if self.inventory is not None else None
+        served = self.resources.served if self.resources is not None else None
 
         def write() -> pathlib.Path:
             spec = cdi.build_spec(
@@ -457,15 +468,14 @@ class Agent:
                 raise StartupError(f"{why} (the device list strategy needs it)") from None
             log.warning("no CDI spec: %s", why)
 
-    async def _start_health(self, node: Node, state: AgentState) -> None:
+    async def _start_health(self, node: Node, inventory: NodeInventory) -> None:
         if self._health_factory is None:
             return
 
         def on_change(device_id: str, healthy: bool, reason: str) -> None:
-            # From any of the monitor's threads (never two at once); after a SIGHUP reload the
-            # current state is another object.
-            current = self.state if self.state is not None else state
-            current.set_health(device_id, healthy, reason)
+            # From any of the monitor's threads (never two at once). Health belongs to the node
+            # inventory, which every path reads and a SIGHUP reload keeps.
+            inventory.set_health(device_id, healthy, reason)
 
         try:
             monitor = self._health_factory(node, on_change)
@@ -645,12 +655,12 @@ class Agent:
         and registered again with the new device lists, and PodResources re-attributes what
         the kubelet has assigned. The kubelet root and the probe port take effect on restart.
         """
-        node, old = self.node, self.state
-        if node is None or old is None or self._resync_lock is None:
+        node, old, node_inventory = self.node, self.state, self.node_inventory
+        if node is None or old is None or node_inventory is None or self._resync_lock is None:
             log.warning("config reload ignored: the agent has not started serving yet")
             return False
         try:
-            inventory = build_inventory(node, config)
+            resources = build_resources(node, config)
             settings = self._settings(config)
         except GpuletError as e:
             self.stats.reload_failures += 1
@@ -663,27 +673,25 @@ class Agent:
         ):
             if before != after:
                 log.warning("gpulet.%s changed to %s: it takes effect on restart", what, after)
-        for note in inventory.notes:
+        for note in resources.notes:
             log.warning("%s", note)
         async with self._resync_lock:
             for server in self.servers.values():
                 await server.stop()
-            unhealthy = old.unhealthy()
             old.detach()
-            state = AgentState(node, config, inventory, old.ledger)
+            node_inventory.resplit(config)
+            state = DevicePluginState(node_inventory, config, resources, old.ledger)
             state.on_stale = self._allocated
-            for uuid, why in unhealthy.items():
-                state.set_health(uuid, False, why)
-            self.config, self.inventory, self.state = config, inventory, state
+            self.config, self.resources, self.state = config, resources, state
             for reg in self._registrations.values():
                 if reg.task is not None:
                     reg.task.cancel()
             self.servers, self._registrations, self._serve_errors = {}, {}, {}
-            for r in inventory.resources:
+            for r in resources.resources:
                 await self._add_server(state, r, settings, initial=False)
             self._generation += 1
             self.registered.clear()
-        if any(r.whole_gpus and r.devices for r in inventory.resources):
+        if any(r.whole_gpus and r.devices for r in resources.resources):
             await asyncio.to_thread(alloc.prepare, node.topology)
         await self.reconcile()
         if self.options.cdi_root is not None:
@@ -696,7 +704,7 @@ class Agent:
         self.last_reload_error = None
         log.info(
             "config reloaded: advertising %s",
-            ", ".join(f"{n}: {c}" for n, c in inventory.counts().items()) or "nothing",
+            ", ".join(f"{n}: {c}" for n, c in resources.counts().items()) or "nothing",
         )
         return True
 

@@ -122,7 +122,7 @@ def validate_for_node(config: Config, node: Node) -> None:
 
     Checks ``gpulet.gpuReplicas[].devices`` and, with DRA enabled, ``gpulet.dra.devices``. The
     device lists of ``sharing`` entries are per resource: the inventory checks them against the
-    devices of their resource (:func:`gpulet.deviceplugin.resources.build_inventory`).
+    devices of their resource (:func:`gpulet.deviceplugin.resources.build_resources`).
 
     Raises:
         ConfigError: naming the field (``gpulet.gpuReplicas[1].devices[0]``), the reference and

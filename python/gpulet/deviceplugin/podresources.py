@@ -11,7 +11,7 @@ import os
 import grpc
 
 from gpulet._proto.podresources.v1 import api_pb2, api_pb2_grpc
-from gpulet.agent.state import ContainerDevices
+from gpulet.deviceplugin.state import ContainerDevices
 from gpulet.errors import GpuletError
 
 __all__ = ["PodResourcesClient", "PodResourcesError", "container_devices"]

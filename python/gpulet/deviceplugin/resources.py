@@ -1,6 +1,6 @@
 """Which resources the device plugin advertises, and which devices each one lists.
 
-:func:`build_inventory` turns a discovered node and a loaded config into an :class:`Inventory`:
+:func:`build_resources` turns a discovered node and a loaded config into an :class:`ResourceSet`:
 the resources to serve (one kubelet device-plugin server each) and, per resource, the devices
 the kubelet sees. It follows NVIDIA's device plugin (``internal/rm/device_map.go``):
 
@@ -51,19 +51,17 @@ from gpulet.config import (
 )
 from gpulet.config._node import describe_indices, missing_device, node_error
 from gpulet.errors import GpuletError
+from gpulet.inventory import PhysicalDevice, device_plugin_gpus, physical_gpu, physical_mig
 
 __all__ = [
     "DEFAULT_GPU_RESOURCE",
     "GpuRegistration",
-    "Inventory",
-    "MigInfo",
-    "PhysicalDevice",
     "PluginDevice",
     "ResourceError",
+    "ResourceSet",
     "ResourceSpec",
-    "build_inventory",
+    "build_resources",
     "mig_resource_name",
-    "served_gpus",
 ]
 
 DEFAULT_GPU_RESOURCE = f"{RESOURCE_NAME_PREFIX}/gpu"
@@ -79,58 +77,6 @@ class ResourceError(GpuletError, ValueError):
 def mig_resource_name(profile: str) -> str:
     """NVIDIA's resource name of a MIG profile: ``1g.10gb+me`` -> ``nvidia.com/mig-1g.10gb.me``."""
     return f"{RESOURCE_NAME_PREFIX}/mig-{profile.replace('+', '.')}"
-
-
-@dataclass(frozen=True)
-class MigInfo:
-    """What the device plugin needs of one MIG device."""
-
-    index: int
-    gpu_instance_id: int
-    compute_instance_id: int
-    profile_id: int | None
-    profile: str | None
-    placement_start: int | None
-    placement_size: int | None
-    memory_bytes: int
-    #: Compute slices of the compute instance (C) and of its GPU instance (G); ``None`` when
-    #: NVML refused the instance queries for lack of privileges.
-    compute_slices: int | None = None
-    gpu_instance_slices: int | None = None
-
-
-@dataclass(frozen=True)
-class PhysicalDevice:
-    """A whole GPU or one MIG device: the thing a container is given."""
-
-    #: GPU UUID or MIG UUID.
-    uuid: str
-    #: NVIDIA's index form: ``"3"`` for a GPU, ``"3:1"`` for MIG device 1 of GPU 3.
-    index: str
-    gpu_index: int
-    gpu_uuid: str
-    #: The GPU's device node minor (``/dev/nvidia<minor>``).
-    minor: int
-    numa_node: int | None
-    product: str
-    mig: MigInfo | None = None
-
-    @property
-    def is_mig(self) -> bool:
-        return self.mig is not None
-
-    @property
-    def mig_slice(self) -> alloc.MigSlice | None:
-        """The ledger's name of a MIG device: (parent UUID, profile id, placement start).
-        ``None`` for a compute instance smaller than its GPU instance: the ledger names whole
-        GPU instances, and the GPU instance's other compute instances would share the name."""
-        m = self.mig
-        if m is None or m.profile_id is None or m.placement_start is None:
-            return None
-        c, g = m.compute_slices, m.gpu_instance_slices
-        if c is not None and g is not None and c != g:
-            return None
-        return (self.gpu_uuid, m.profile_id, m.placement_start)
 
 
 @dataclass(frozen=True)
@@ -160,7 +106,7 @@ class PluginDevice:
         if p.is_mig:
             return p.mig_slice
         if self.replica is not None:
-            return f"{p.uuid}::{self.replica}"
+            return alloc.replica_id(p.uuid, self.replica)
         return p.uuid
 
 
@@ -205,7 +151,7 @@ class GpuRegistration:
 
 
 @dataclass(frozen=True)
-class Inventory:
+class ResourceSet:
     """Every resource the device plugin serves on this node, and the ledger's GPUs."""
 
     resources: tuple[ResourceSpec, ...]
@@ -242,61 +188,6 @@ def _match(resources: Sequence[Resource], value: str) -> str | None:
         if _pattern(r.pattern).fullmatch(value):
             return r.name
     return None
-
-
-def _selected(selector: DeviceSelector, index: int, uuid: str) -> bool:
-    """A GPU (by NVML index or UUID) picked by a selector of whole GPUs."""
-    if selector.kind == "all":
-        return True
-    if selector.kind == "count":
-        return index < selector.count
-    return str(index) in selector.refs or uuid in selector.refs
-
-
-def served_gpus(node: Node, config: Config) -> list[Gpu]:
-    """The GPUs the device plugin serves: all, less those DRA serves when both run."""
-    if not config.gpulet.device_plugin.enabled:
-        return []
-    dra = config.gpulet.dra
-    if not dra.enabled:
-        return list(node.gpus)
-    return [g for g in node.gpus if not _selected(dra.devices, g.index, g.uuid)]
-
-
-def _physical_gpu(g: Gpu) -> PhysicalDevice:
-    return PhysicalDevice(
-        uuid=g.uuid,
-        index=str(g.index),
-        gpu_index=g.index,
-        gpu_uuid=g.uuid,
-        minor=g.minor,
-        numa_node=g.numa_node,
-        product=g.name,
-    )
-
-
-def _physical_mig(g: Gpu, m: MigDevice) -> PhysicalDevice:
-    return PhysicalDevice(
-        uuid=m.uuid,
-        index=f"{g.index}:{m.index}",
-        gpu_index=g.index,
-        gpu_uuid=g.uuid,
-        minor=g.minor,
-        numa_node=g.numa_node,
-        product=g.name,
-        mig=MigInfo(
-            index=m.index,
-            gpu_instance_id=m.gpu_instance_id,
-            compute_instance_id=m.compute_instance_id,
-            profile_id=m.profile_id,
-            profile=m.profile_name,
-            placement_start=m.placement_start,
-            placement_size=m.placement_size,
-            memory_bytes=m.memory_bytes,
-            compute_slices=m.compute_slices,
-            gpu_instance_slices=m.gpu_instance_slices,
-        ),
-    )
 
 
 def _split(m: MigDevice) -> bool:
@@ -359,7 +250,7 @@ def _base_devices(
                     f"GPU {g.index} ({g.name}) matches no pattern in resources.gpus "
                     f"({', '.join(r.pattern for r in gpu_names)}); add a pattern for it"
                 )
-            out.setdefault(name, []).append(_physical_gpu(g))
+            out.setdefault(name, []).append(physical_gpu(g))
             continue
         for m in g.mig_devices:
             profile = _nvidia_profile(m)
@@ -388,7 +279,7 @@ def _base_devices(
                 continue
             else:
                 name = mig_resource_name(profile)
-            out.setdefault(name, []).append(_physical_mig(g, m))
+            out.setdefault(name, []).append(physical_mig(g, m))
     return out
 
 
@@ -469,7 +360,7 @@ def _check_selector(
                 f"{_device_text(devices)})"
             )
             if config.gpulet.dra.enabled and any(
-                ref in (str(g.index), g.uuid) and g not in served_gpus(node, config)
+                ref in (str(g.index), g.uuid) and g not in device_plugin_gpus(node, config)
                 for g in node.gpus
             ):
                 problem += "; gpulet.dra.devices gives it to DRA"
@@ -511,7 +402,7 @@ def _unused_replica_refs(config: Config, used: set[str]) -> list[str]:
     return notes
 
 
-def build_inventory(node: Node, config: Config) -> Inventory:
+def build_resources(node: Node, config: Config) -> ResourceSet:
     """The resources and devices to advertise for ``node`` under ``config``.
 
     Checks the config against the node first (:func:`gpulet.config.validate_for_node`, then
@@ -523,7 +414,7 @@ def build_inventory(node: Node, config: Config) -> Inventory:
         ResourceError: the node and the config cannot be advertised together.
     """
     validate_for_node(config, node)
-    gpus = served_gpus(node, config)
+    gpus = device_plugin_gpus(node, config)
     notes: list[str] = []
     base = _base_devices(gpus, config, notes)
     sharing = config.sharing
@@ -588,7 +479,7 @@ def build_inventory(node: Node, config: Config) -> Inventory:
             if not d.is_mig:
                 gpu_replicas[d.uuid] = count
             for n in range(count):
-                rid = f"{d.uuid}::{n}"
+                rid = alloc.replica_id(d.uuid, n)
                 if len(rid) > MAX_DEVICE_ID_LENGTH:
                     raise ResourceError(
                         f"replica ID {rid!r} is longer than the {MAX_DEVICE_ID_LENGTH} characters "
@@ -629,7 +520,7 @@ def build_inventory(node: Node, config: Config) -> Inventory:
                 serves=serves,
             )
         )
-    return Inventory(
+    return ResourceSet(
         resources=tuple(resources),
         gpus=tuple(registrations),
         served=tuple(sorted(served)),

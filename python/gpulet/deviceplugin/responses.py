@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from gpulet import cdi
 from gpulet._proto.deviceplugin.v1beta1 import api_pb2
 from gpulet.config import Config, DeviceIDStrategy, DeviceListStrategy
-from gpulet.deviceplugin.resources import PhysicalDevice, PluginDevice
+from gpulet.deviceplugin.resources import PluginDevice
+from gpulet.inventory import PhysicalDevice
 
 __all__ = [
     "ANNOTATION_PLUGIN",

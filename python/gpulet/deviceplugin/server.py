@@ -41,10 +41,10 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from gpulet.agent.state import AgentState
 from gpulet.deviceplugin.resources import ResourceSpec
 from gpulet.deviceplugin.responses import ResponseSettings
 from gpulet.deviceplugin.servicer import SERVICE, DevicePluginServicer, RpcRefusal
+from gpulet.deviceplugin.state import DevicePluginState
 from gpulet.errors import GpuletError
 
 __all__ = [
@@ -511,7 +511,7 @@ class PluginServer:
 
     def __init__(
         self,
-        state: AgentState,
+        state: DevicePluginState,
         resource: ResourceSpec,
         directory: str | os.PathLike[str],
         settings: ResponseSettings,

@@ -1,6 +1,6 @@
 """The DevicePlugin service of one resource: kubelet messages in, state calls, messages out.
 
-Nothing is decided here: :class:`gpulet.agent.state.AgentState` validates and records,
+Nothing is decided here: :class:`gpulet.deviceplugin.state.DevicePluginState` validates and records,
 :mod:`gpulet.deviceplugin.responses` says what the container gets. Each unary RPC is a function
 from the request's bytes to the response's bytes (the transport, :mod:`gpulet.deviceplugin.server`,
 moves bytes and never parses them); ``device_list`` is what ListAndWatch sends.
@@ -29,9 +29,9 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 
 from gpulet._proto.deviceplugin.v1beta1 import api_pb2
-from gpulet.agent.state import AgentState, AllocationError
 from gpulet.deviceplugin.resources import PluginDevice, ResourceSpec
 from gpulet.deviceplugin.responses import ResponseSettings, container_response
+from gpulet.deviceplugin.state import AllocationError, DevicePluginState
 from gpulet.errors import GpuletError
 
 __all__ = [
@@ -99,7 +99,7 @@ def show_ids(ids: Sequence[str], limit: int = LOGGED_IDS) -> str:
     return shown if len(ids) <= limit else f"{shown} ... (+{len(ids) - limit} more)"
 
 
-def list_response(state: AgentState, resource: str) -> api_pb2.ListAndWatchResponse:
+def list_response(state: DevicePluginState, resource: str) -> api_pb2.ListAndWatchResponse:
     """The device list of ``resource`` as ListAndWatch sends it."""
     out = api_pb2.ListAndWatchResponse()
     for s in state.list_devices(resource):
@@ -120,7 +120,7 @@ class DevicePluginServicer:
 
     def __init__(
         self,
-        state: AgentState,
+        state: DevicePluginState,
         resource: ResourceSpec,
         settings: ResponseSettings,
         *,

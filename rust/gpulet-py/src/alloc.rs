@@ -543,6 +543,10 @@ impl PyLedger {
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add(
+        "REPLICA_SEPARATOR",
+        gpulet_core::alloc::ids::REPLICA_SEPARATOR,
+    )?;
     m.add_function(wrap_pyfunction!(preferred, m)?)?;
     m.add_function(wrap_pyfunction!(prepare, m)?)?;
     m.add_function(wrap_pyfunction!(score, m)?)?;

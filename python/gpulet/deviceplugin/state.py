@@ -1,4 +1,4 @@
-"""The agent's state: one object per process that decides who holds which device.
+"""The device plugin's state: the one object that decides what the device plugin hands out.
 
 The device plugin's servicers translate kubelet messages into calls here; this object checks
 them against the inventory, the devices' health and the ledger (the Rust core's bookkeeping of
@@ -19,12 +19,11 @@ called from any thread.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -32,16 +31,17 @@ from gpulet import alloc
 from gpulet._core import Node, Topology
 from gpulet.alloc import ContainerOwner, Ledger
 from gpulet.config import Config
-from gpulet.deviceplugin.resources import Inventory, PluginDevice, ResourceSpec
+from gpulet.deviceplugin.resources import PluginDevice, ResourceSet, ResourceSpec
 from gpulet.errors import ConflictError, GpuletError, InfeasibleError, InvalidArgumentError
+from gpulet.inventory import NodeInventory, Watch
 
 __all__ = [
     "PENDING_NAMESPACE",
     "SHARED_NAMESPACE",
-    "AgentState",
     "AllocationError",
     "Assignment",
     "ContainerDevices",
+    "DevicePluginState",
     "DeviceStatus",
     "ReconcileReport",
     "Watch",
@@ -122,139 +122,79 @@ class _Saved:
     shared: dict[alloc.MigSlice, ContainerOwner]
 
 
-class Watch:
-    """Wakes a coroutine when the state changes (coalescing bursts of changes)."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._event = asyncio.Event()
-
-    def notify(self) -> None:
-        # A closed loop has nobody waiting any more.
-        with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(self._event.set)
-
-    async def wait(self) -> None:
-        await self._event.wait()
-        self._event.clear()
-
-
-class AgentState:
-    """The device plugin's view of the node, its health and its allocations.
+class DevicePluginState:
+    """The device plugin's allocations, over the node inventory and the ledger.
 
     Args:
-        node: the discovered node (its topology is kept and never rebuilt per call).
+        node: the node inventory (health and the device plugin / DRA split live there, shared
+            with every other path), or a discovered node to make one from.
         config: the loaded config.
-        inventory: the resources to serve (:func:`gpulet.deviceplugin.build_inventory`).
-        ledger: the ledger to record in (a new one when ``None``); the inventory's GPUs are
+        resources: what the device plugin advertises
+            (:func:`gpulet.deviceplugin.build_resources`).
+        ledger: the ledger to record in (a new one when ``None``); the resources' GPUs are
             registered in it.
     """
 
     def __init__(
         self,
-        node: Node,
+        node: NodeInventory | Node,
         config: Config,
-        inventory: Inventory,
+        resources: ResourceSet,
         ledger: Ledger | None = None,
     ) -> None:
-        self.node = node
+        self.node_inventory = (
+            node if isinstance(node, NodeInventory) else NodeInventory(node, config)
+        )
+        self.node = self.node_inventory.node
         self.config = config
-        self.inventory = inventory
-        self.topology: Topology = node.topology
+        self.resources = resources
+        self.topology: Topology = self.node_inventory.topology
         self.ledger = ledger if ledger is not None else Ledger()
-        for reg in inventory.gpus:
+        for reg in resources.gpus:
             self.ledger.register_gpu(
                 reg.uuid, replicas=reg.replicas, model=reg.model, serves=reg.serves
             )
         self._lock = threading.RLock()
-        self._watches: set[Watch] = set()
-        self._unhealthy: dict[str, str] = {}
         self._holdings: dict[ContainerOwner, _Holding] = {}
         self._holder: dict[str, _Holding] = {}
         self._shared: dict[alloc.MigSlice, ContainerOwner] = {}
         self._seq = 0
-        self.generation = 0
-        # Every physical device (GPU or MIG UUID, NVML index forms) by each name.
-        self._physical: dict[str, str] = {}
-        for g in node.gpus:
-            self._physical[g.uuid] = g.uuid
-            self._physical[str(g.index)] = g.uuid
-            for m in g.mig_devices:
-                self._physical[m.uuid] = m.uuid
-                self._physical[f"{g.index}:{m.index}"] = m.uuid
-        self._gpu_index = {g.uuid: g.index for g in node.gpus}
+        self._gpu_index = {g.uuid: g.index for g in self.node.gpus}
         self._totals: dict[str, dict[str, int]] = {}
         self._last_disagreement: tuple[tuple[str, tuple[int, int]], ...] | None = None
         #: Called when the kubelet's view of devices in use differs from the records (the
         #: agent reconciles with PodResources soon after).
         self.on_stale: Callable[[], None] | None = None
 
-    # --- change notification -----------------------------------------------------------
+    # --- change notification and health (the node inventory's) -------------------------
 
-    @contextlib.contextmanager
-    def watch(self) -> Iterator[Watch]:
-        """A :class:`Watch` woken on every change of health or inventory (use in a loop)."""
-        w = Watch(asyncio.get_running_loop())
-        with self._lock:
-            self._watches.add(w)
-        try:
-            yield w
-        finally:
-            with self._lock:
-                self._watches.discard(w)
+    def watch(self) -> contextlib.AbstractContextManager[Watch]:
+        """A :class:`gpulet.inventory.Watch` woken on every change of health (use in a loop)."""
+        return self.node_inventory.watch()
+
+    @property
+    def generation(self) -> int:
+        return self.node_inventory.generation
 
     def _changed(self) -> None:
-        self.generation += 1
-        for w in list(self._watches):
-            w.notify()
-
-    # --- health ------------------------------------------------------------------------
+        self.node_inventory.changed()
 
     def set_health(self, device_id: str, healthy: bool, reason: str = "") -> bool:
-        """Mark a device healthy or unhealthy; ListAndWatch streams send the new list.
-
-        ``device_id`` is a GPU or MIG UUID, an NVML index (``"3"``, ``"3:1"``) or an advertised
-        ID (``<UUID>::<n>``). A GPU's health covers its MIG devices and replicas. Returns whether
-        anything changed (an unknown device changes nothing and is logged).
-        """
-        base = device_id.split("::", 1)[0]
-        uuid = self._physical.get(base)
-        if uuid is None:
-            log.warning("health report for unknown device %s ignored", device_id)
-            return False
-        with self._lock:
-            before = self._unhealthy.get(uuid)
-            if healthy:
-                if before is None:
-                    return False
-                del self._unhealthy[uuid]
-                log.info("device %s is healthy again%s", uuid, f": {reason}" if reason else "")
-            else:
-                why = reason or "unhealthy"
-                if before == why:
-                    return False
-                self._unhealthy[uuid] = why
-                log.warning("device %s is unhealthy: %s", uuid, why)
-            self._changed()
-        return True
+        """Mark a device healthy or unhealthy (in the node inventory); ListAndWatch streams send
+        the new list. See :meth:`gpulet.inventory.NodeInventory.set_health`."""
+        return self.node_inventory.set_health(device_id, healthy, reason)
 
     def health_of(self, device: PluginDevice) -> tuple[bool, str]:
         """(healthy, reason) of an advertised device: its own and its GPU's health."""
-        with self._lock:
-            for uuid in (device.physical.uuid, device.physical.gpu_uuid):
-                reason = self._unhealthy.get(uuid)
-                if reason is not None:
-                    return False, reason
-        return True, ""
+        return self.node_inventory.health_of(device.physical)
 
     def unhealthy(self) -> dict[str, str]:
         """Unhealthy physical devices (GPU or MIG UUID) and why."""
-        with self._lock:
-            return dict(self._unhealthy)
+        return self.node_inventory.unhealthy()
 
     def list_devices(self, resource: str) -> list[DeviceStatus]:
         """The devices ``resource`` advertises, with their health, in a stable order."""
-        spec = self.inventory.resource(resource)
+        spec = self.resources.resource(resource)
         out = []
         for d in spec.devices:
             healthy, reason = self.health_of(d)
@@ -265,7 +205,7 @@ class AgentState:
 
     def _spec(self, resource: str) -> ResourceSpec:
         try:
-            return self.inventory.resource(resource)
+            return self.resources.resource(resource)
         except KeyError:
             raise AllocationError(
                 "invalid-argument", f"this agent does not serve resource {resource}"
@@ -496,7 +436,7 @@ class AgentState:
     def _collect_shared(self) -> None:
         """Release shared MIG slices none of whose replicas is held any more."""
         needed: set[alloc.MigSlice] = set()
-        by_id = self.inventory.by_id
+        by_id = self.resources.by_id
         for i in self._holder:
             d = by_id.get(i)
             if d is not None and d.physical.is_mig and d.shared and d.physical.mig_slice:
@@ -524,7 +464,7 @@ class AgentState:
             for owner in set(self._shared.values()):
                 self.ledger.release(owner)
             self._shared.clear()
-            for reg in self.inventory.gpus:
+            for reg in self.resources.gpus:
                 self.ledger.unregister_gpu(reg.uuid)
             self._changed()
 
@@ -554,10 +494,10 @@ class AgentState:
         before ``mark`` that the list does not name are released (their container is gone, or
         was an init container), and so are containers no longer listed.
         """
-        by_id = self.inventory.by_id
+        by_id = self.resources.by_id
         unknown: set[str] = set()
         desired: dict[ContainerOwner, set[str]] = {}
-        served = {r.name for r in self.inventory.resources}
+        served = {r.name for r in self.resources.resources}
         for c in listed:
             if c.resource not in served:
                 continue
