@@ -8,14 +8,16 @@ left alone and :class:`ServeError` says so, as it does for any other reason the 
 be made (the OS's reason included). After a failed start the server is stopped, and ``start``
 may be called again.
 
-The transport: every call is handled on one thread per server, which polls the gRPC server's
-completion queue itself (grpcio's low-level ``cygrpc`` layer, the one ``grpc.server`` and
-``grpc.aio`` are built on) and runs the servicer's functions (bytes in, bytes out) inline.
-Neither stock server does that: ``grpc.server`` hands each call to a pool thread and back
-several times, ``grpc.aio`` wakes the event loop from a poller thread for each step; on the
-2-core development machine they cost 230-350 µs of server CPU per empty call against some
-100 µs for this loop (benches/RESULTS.md, "Device plugin"). Handlers take tens of microseconds
-and never block (the state does no I/O).
+The transport (:mod:`gpulet.deviceplugin.transport`): ``native`` handles every call of a
+resource on one thread that polls grpcio's private low-level layer (``grpc._cython.cygrpc``)
+itself, some 30% faster per call than the stock servers (benches/RESULTS.md, "Device plugin");
+``aio`` is ``grpc.aio.server`` with generic handlers, grpcio's public API only. Both move the
+servicer's bytes unchanged and take the bounds and ListAndWatch rules from one place. At start
+``native`` is used when the private layer has every name it uses with the signatures it needs
+(:func:`gpulet.deviceplugin.transport_native.check`, once per process); on a mismatch, or when
+the native server fails to start for a reason that is not the socket's, one warning names
+grpcio's version and why, and ``aio`` serves from then on. :data:`TRANSPORT_ENV`
+(``GPULET_GRPC_TRANSPORT=native|aio``) forces one.
 
 ListAndWatch streams are bounded: at most :data:`MAX_LIST_AND_WATCH_STREAMS` open per resource
 (the kubelet opens one; another stream beyond the cap is refused with ``RESOURCE_EXHAUSTED``:
@@ -31,68 +33,67 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import importlib
 import logging
 import os
 import pathlib
 import socket
 import stat
-import threading
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
 
+import grpc
+
+from gpulet.deviceplugin import transport_native
 from gpulet.deviceplugin.resources import ResourceSpec
 from gpulet.deviceplugin.responses import ResponseSettings
-from gpulet.deviceplugin.servicer import SERVICE, DevicePluginServicer, RpcRefusal
+from gpulet.deviceplugin.servicer import SERVICE, DevicePluginServicer
 from gpulet.deviceplugin.state import DevicePluginState
+from gpulet.deviceplugin.transport import (
+    MAX_CONCURRENT_STREAMS,
+    MAX_LIST_AND_WATCH_STREAMS,
+    MAX_REQUEST_BYTES,
+    SERVER_OPTIONS,
+    Transport,
+    TransportFactory,
+)
+from gpulet.deviceplugin.transport_aio import AioTransport
 from gpulet.errors import GpuletError
 
 __all__ = [
     "ALLOCATE_HOOK_DELAY",
+    "MAX_CONCURRENT_STREAMS",
     "MAX_LIST_AND_WATCH_STREAMS",
     "MAX_REQUEST_BYTES",
     "MAX_SOCKET_PATH",
     "SERVER_OPTIONS",
     "SOCKET_MODE",
+    "TRANSPORTS",
+    "TRANSPORT_ENV",
     "PluginServer",
     "ServeError",
     "SocketPathError",
+    "TransportError",
     "check_socket_path",
+    "choose_transport",
+    "transport_setting",
 ]
 
 log = logging.getLogger("gpulet.deviceplugin")
-
-# grpcio's Cython layer has no type stubs; everything taken from it is Any.
-cygrpc: Any = importlib.import_module("grpc._cython.cygrpc")
 
 #: The longest socket path gRPC binds and dials as a ``unix://`` address (measured with
 #: grpcio 1.85: 105 bytes bind, 106 are refused), two bytes below what ``sun_path`` holds.
 MAX_SOCKET_PATH = 105
 SOCKET_MODE = 0o600
-#: The largest request message accepted (a larger one is refused by gRPC with
-#: RESOURCE_EXHAUSTED before gpulet reads it).
-MAX_REQUEST_BYTES = 1 << 20
 #: Seconds between an Allocate and the ``on_allocate`` call that covers it (and every other
 #: Allocate meanwhile): one call per burst, not one wake-up of the event loop per Allocate.
 ALLOCATE_HOOK_DELAY = 0.05
-#: ListAndWatch streams open at once per resource.
-MAX_LIST_AND_WATCH_STREAMS = 4
-#: Concurrent calls on one connection (the kubelet multiplexes its calls on one).
-MAX_CONCURRENT_STREAMS = 64
-#: Options of every device-plugin server: no port sharing, bounded requests and concurrency,
-#: and no BDP probing (the pings gRPC uses to grow HTTP/2 flow-control windows for throughput;
-#: without them a stream that does not read stalls sooner: measured, after half as much).
-SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
-    ("grpc.so_reuseport", 0),
-    ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
-    ("grpc.max_concurrent_streams", MAX_CONCURRENT_STREAMS),
-    ("grpc.http2.bdp_probe", 0),
-)
+#: The environment variable that forces a transport: ``native`` or ``aio`` (unset or empty:
+#: ``native`` when grpcio's private layer fits it, else ``aio``).
+TRANSPORT_ENV = "GPULET_GRPC_TRANSPORT"
+TRANSPORTS: Mapping[str, TransportFactory] = {
+    "native": transport_native.NativeTransport,
+    "aio": AioTransport,
+}
 
-#: Calls requested from gRPC ahead of their arrival: when one arrives, the next is requested
-#: after its answer is sent, not before (one more stays requested meanwhile).
-_REQUESTED_CALLS = 2
-_LIST_AND_WATCH = f"/{SERVICE}/ListAndWatch".encode()
 _ALLOCATE = f"/{SERVICE}/Allocate".encode()
 
 
@@ -103,6 +104,11 @@ class SocketPathError(GpuletError, ValueError):
 class ServeError(GpuletError):
     """The server's socket cannot be made: something other than a socket squats its path, or
     the OS refused (the message names the path and says why)."""
+
+
+class TransportError(GpuletError, ValueError):
+    """:data:`TRANSPORT_ENV` (or the server's ``transport``) names no transport, or names
+    ``native`` where it cannot run."""
 
 
 def check_socket_path(path: str | os.PathLike[str]) -> str:
@@ -156,345 +162,72 @@ def _bind_error(path: pathlib.Path) -> str:
     return "gRPC could not listen on it (its log line above says why)"
 
 
-# --- the transport ------------------------------------------------------------------------
+# --- choosing the transport --------------------------------------------------------------
 
 
-class _Tag:
-    """What a completion-queue event is about."""
-
-    __slots__ = ()
-
-
-class _NewCall(_Tag):
-    __slots__ = ()
-
-
-class _Shutdown(_Tag):
-    __slots__ = ()
-
-
-class _Finished(_Tag):
-    """The last batch of a call (status sent, close received)."""
-
-    __slots__ = ()
-
-
-_NEW_CALL = _NewCall()
-_SHUTDOWN = _Shutdown()
-_FINISHED = _Finished()
-
-
-class _Unary(_Tag):
-    """The request message of a unary call arrived."""
-
-    __slots__ = ("after", "call", "handler")
-
-    def __init__(
-        self, call: Any, handler: Callable[[bytes], bytes], after: Callable[[], None] | None
-    ) -> None:
-        self.call = call
-        self.handler = handler
-        self.after = after
-
-
-class _Stream:
-    """One ListAndWatch stream: at most one message in flight, the newest list behind it."""
-
-    __slots__ = ("call", "closed_tag", "last", "open", "pending", "sending", "sent_tag", "started")
-
-    def __init__(self, call: Any) -> None:
-        self.call = call
-        self.open = True
-        self.started = False  # initial metadata sent
-        self.sending = False
-        self.pending: bytes | None = None
-        #: The newest list sent or waiting (nothing is sent twice in a row).
-        self.last: bytes | None = None
-        self.sent_tag = _StreamSent(self)
-        self.closed_tag = _StreamClosed(self)
-
-
-class _StreamSent(_Tag):
-    __slots__ = ("stream",)
-
-    def __init__(self, stream: _Stream) -> None:
-        self.stream = stream
-
-
-class _StreamClosed(_Tag):
-    __slots__ = ("stream",)
-
-    def __init__(self, stream: _Stream) -> None:
-        self.stream = stream
-
-
-def _status(code: Any, details: str) -> Any:
-    return cygrpc.SendStatusFromServerOperation(None, code, details.encode(), 0)
-
-
-class _Transport:
-    """A gRPC server on one unix socket whose calls are all handled on one thread.
-
-    ``handlers`` maps unary method paths to functions of the request's bytes; ``after`` maps
-    some of them to what to call once their response is on its way (not on a refusal).
-    ListAndWatch streams send what :meth:`publish` was last given. Every batch started is
-    counted, so the thread ends only when the server has shut down and every batch has
-    completed.
-    """
-
-    def __init__(
-        self,
-        name: str,
-        handlers: Mapping[bytes, Callable[[bytes], bytes]],
-        max_streams: int,
-        after: Mapping[bytes, Callable[[], None]] | None = None,
-    ) -> None:
-        self.name = name
-        self._handlers = handlers
-        self._after = dict(after or {})
-        self._max_streams = max_streams
-        self._lock = threading.Lock()
-        self._cq = cygrpc.CompletionQueue()
-        self._server = cygrpc.Server(SERVER_OPTIONS, False)
-        self._server.register_completion_queue(self._cq)
-        self._started = False
-        self._stopping = False
-        self._shut_down = False
-        self._destroyed = False
-        self._outstanding = 0
-        self._requested = 0  # calls requested from gRPC and not yet arrived
-        self._streams: set[_Stream] = set()
-        self._refusing = False
-        self._latest = b""
-        self._thread: threading.Thread | None = None
-        self.done = threading.Event()
-
-    # --- life ---------------------------------------------------------------------------
-
-    def bind(self, path: pathlib.Path) -> bool:
-        """Listen on ``path`` (before :meth:`start`); false when gRPC could not."""
-        return bool(self._server.add_http2_port(f"unix:{path}".encode()))
-
-    def start(self, latest: bytes) -> None:
-        self._latest = latest
-        self._server.start()
-        self._started = True
-        with self._lock:
-            for _ in range(_REQUESTED_CALLS):
-                self._request_call()
-        self._thread = threading.Thread(
-            target=self._run, name=f"gpulet-plugin-{self.name}", daemon=True
+def transport_setting(env: Mapping[str, str] | None = None) -> str | None:
+    """The transport :data:`TRANSPORT_ENV` forces (``None``: unset or empty, the choice is
+    gpulet's); a value that names none is a :class:`TransportError` naming the variable."""
+    value = (os.environ if env is None else env).get(TRANSPORT_ENV, "")
+    if not value:
+        return None
+    if value not in TRANSPORTS:
+        raise TransportError(
+            f"{TRANSPORT_ENV}: must be one of {', '.join(TRANSPORTS)} (or unset); got {value!r}"
         )
-        self._thread.start()
+    return value
 
-    def destroy_unstarted(self) -> None:
-        """Release a server that never started (a failed bind)."""
-        with self._lock:
-            if not self._started and not self._destroyed:
-                self._destroyed = True
-                self._server.destroy()
-        self.done.set()
 
-    def begin_stop(self) -> None:
-        """Refuse new calls and end every ListAndWatch stream (UNAVAILABLE)."""
-        with self._lock:
-            if self._stopping or not self._started:
-                return
-            self._stopping = True
-            self._server.shutdown(self._cq, _SHUTDOWN)
-            self._outstanding += 1
-            streams = list(self._streams)
-        for s in streams:
-            s.call.cancel(
-                cygrpc.StatusCode.unavailable, f"gpulet stopped serving {self.name}".encode()
-            )
+class _Native:
+    """Whether the native transport can run in this process: checked once, and a warning
+    logged once when it cannot."""
 
-    def cancel_all(self) -> None:
-        """End every call still open (after the grace period)."""
-        with self._lock:
-            if self._stopping and not self._destroyed:
-                self._server.cancel_all_calls()
+    checked = False
+    problem: str | None = None
+    warned = False
 
-    # --- ListAndWatch -------------------------------------------------------------------
 
-    @property
-    def streams(self) -> int:
-        with self._lock:
-            return len(self._streams)
+def _native_problem() -> str | None:
+    if not _Native.checked:
+        _Native.problem = transport_native.check(transport_native.cygrpc)
+        _Native.checked = True
+    return _Native.problem
 
-    def publish(self, data: bytes) -> None:
-        """A new device list for every stream (any thread)."""
-        with self._lock:
-            self._latest = data
-            for s in self._streams:
-                self._offer(s, data)
 
-    def _offer(self, s: _Stream, data: bytes) -> None:
-        # Under the lock.
-        if not s.open or data == s.last:
-            return
-        s.last = data
-        if s.sending:
-            s.pending = data  # replaces any older list not yet sent
-        else:
-            self._send(s, data)
+def _native_broken(why: str) -> None:
+    """The native transport cannot run: say so once; ``aio`` serves from now on."""
+    _Native.checked, _Native.problem = True, why
+    if not _Native.warned:
+        _Native.warned = True
+        log.warning(
+            "grpcio %s: the device plugin's native transport cannot run (%s); serving with "
+            "grpc.aio instead (same behaviour, some 30%% more time per call). %s=aio chooses "
+            "it without this warning",
+            grpc.__version__,
+            why,
+            TRANSPORT_ENV,
+        )
 
-    def _send(self, s: _Stream, data: bytes) -> None:
-        # Under the lock.
-        ops: tuple[Any, ...] = (cygrpc.SendMessageOperation(data, 0),)
-        if not s.started:
-            ops = (cygrpc.SendInitialMetadataOperation(None, 0), *ops)
-        if self._start_batch(s.call, ops, s.sent_tag):
-            s.started = True
-            s.sending = True
 
-    def _open_stream(self, call: Any) -> None:
-        with self._lock:
-            if len(self._streams) >= self._max_streams:
-                refused = True
-                warn, self._refusing = not self._refusing, True
-            else:
-                refused = warn = False
-                s = _Stream(call)
-                self._streams.add(s)
-                self._start_batch(call, (cygrpc.ReceiveCloseOnServerOperation(0),), s.closed_tag)
-                self._offer(s, self._latest)
-                count = len(self._streams)
-        if refused:
-            message = (
-                f"at most {self._max_streams} ListAndWatch streams may be open for {self.name} "
-                f"and {self._max_streams} are (the kubelet needs one): close one and retry"
-            )
-            if warn:  # once until a stream closes, however many are refused meanwhile
-                log.warning("ListAndWatch refused: %s", message)
-            self._finish(call, cygrpc.StatusCode.resource_exhausted, message)
-            return
-        log.info("ListAndWatch opened for %s (%d open)", self.name, count)
-
-    def _stream_sent(self, s: _Stream, ok: bool) -> None:
-        with self._lock:
-            s.sending = False
-            if not ok:
-                s.open = False
-                s.pending = None
-            elif s.pending is not None and s.open:
-                data, s.pending = s.pending, None
-                self._send(s, data)
-
-    def _stream_closed(self, s: _Stream) -> None:
-        with self._lock:
-            s.open = False
-            s.pending = None
-            self._streams.discard(s)
-            self._refusing = False
-            count = len(self._streams)
-        log.info("ListAndWatch closed for %s (%d open)", self.name, count)
-
-    # --- the completion queue -----------------------------------------------------------
-
-    def _request_call(self) -> None:
-        # Under the lock.
-        if not self._stopping:
-            self._server.request_call(self._cq, self._cq, _NEW_CALL)
-            self._outstanding += 1
-            self._requested += 1
-
-    def _start_batch(self, call: Any, ops: tuple[Any, ...], tag: _Tag) -> bool:
-        # Under the lock when another thread may start batches too (streams).
-        if call.start_server_batch(ops, tag) != 0:  # grpc_call_error: not started, no event
-            log.warning("%s: a gRPC batch could not be started", self.name)
-            return False
-        self._outstanding += 1
-        return True
-
-    def _finish(self, call: Any, code: Any, details: str, response: bytes | None = None) -> None:
-        ops: list[Any] = [cygrpc.SendInitialMetadataOperation(None, 0)]
-        if response is not None:
-            ops.append(cygrpc.SendMessageOperation(response, 0))
-        ops += [_status(code, details), cygrpc.ReceiveCloseOnServerOperation(0)]
-        with self._lock:
-            self._start_batch(call, tuple(ops), _FINISHED)
-
-    def _run(self) -> None:
-        cq = self._cq
-        try:
-            while True:
-                event = cq.poll()
-                tag = event.tag
-                arrival = tag is _NEW_CALL
-                try:
-                    if arrival:
-                        with self._lock:
-                            self._requested -= 1
-                            if self._requested == 0:  # never none requested
-                                self._request_call()
-                        if event.success:
-                            self._new_call(event.call, event.call_details.method)
-                    else:
-                        self._dispatch(tag, event)
-                except Exception:  # a bug: this call is lost, the server keeps serving
-                    log.exception("the gRPC server of %s failed to handle an event", self.name)
-                del event
-                with self._lock:
-                    self._outstanding -= 1
-                    # Topped up after other events (a unary call's answer is then on its way).
-                    if not arrival and self._requested < _REQUESTED_CALLS:
-                        self._request_call()
-                    if self._shut_down and self._outstanding == 0:
-                        self._destroyed = True
-                        self._server.destroy()
-                        break
-        except BaseException:  # a bug here must not pass silently
-            log.exception("the gRPC server of %s stopped", self.name)
-        finally:
-            self.done.set()
-
-    def _dispatch(self, tag: _Tag, event: Any) -> None:
-        if tag is _FINISHED:
-            pass
-        elif isinstance(tag, _Unary):
-            message = event.batch_operations[0].message() if event.success else None
-            self._unary(tag, message)
-        elif isinstance(tag, _StreamSent):
-            self._stream_sent(tag.stream, bool(event.success))
-        elif isinstance(tag, _StreamClosed):
-            self._stream_closed(tag.stream)
-        elif tag is _SHUTDOWN:
-            self._shut_down = True
-
-    def _new_call(self, call: Any, method: bytes) -> None:
-        if method == _LIST_AND_WATCH:
-            self._open_stream(call)
-            return
-        handler = self._handlers.get(method)
-        if handler is None:
-            name = method.decode(errors="replace")
-            self._finish(call, cygrpc.StatusCode.unimplemented, f"unknown method {name}")
-            return
-        with self._lock:
-            self._start_batch(
-                call,
-                (cygrpc.ReceiveMessageOperation(0),),
-                _Unary(call, handler, self._after.get(method)),
-            )
-
-    def _unary(self, tag: _Unary, message: bytes | None) -> None:
-        call = tag.call
-        if message is None:  # cancelled, too large, or no request message at all
-            self._finish(call, cygrpc.StatusCode.invalid_argument, "no request message")
-            return
-        try:
-            response = tag.handler(message)
-        except RpcRefusal as e:
-            self._finish(call, e.code.value[0], e.details)
-            return
-        except Exception:  # answer the caller, keep serving
-            log.exception("%s: a device-plugin call failed", self.name)
-            self._finish(call, cygrpc.StatusCode.internal, "gpulet failed: see its log")
-            return
-        self._finish(call, cygrpc.StatusCode.ok, "", response)
-        if tag.after is not None:
-            tag.after()
+def choose_transport(requested: str | None = None) -> str:
+    """The transport to serve with: ``requested`` (or :data:`TRANSPORT_ENV`) when it names
+    one, else ``native`` when grpcio's private layer fits it, else ``aio`` (warned once).
+    A forced ``native`` that cannot run is a :class:`TransportError`."""
+    forced = requested if requested is not None else transport_setting()
+    if forced is not None and forced not in TRANSPORTS:
+        raise TransportError(f"transport: must be one of {', '.join(TRANSPORTS)}; got {forced!r}")
+    if forced == "aio":
+        return "aio"
+    problem = _native_problem()
+    if problem is None:
+        return "native"
+    if forced == "native":
+        raise TransportError(
+            f"the native transport was asked for ({TRANSPORT_ENV}=native) but cannot run with "
+            f"grpcio {grpc.__version__}: {problem}; use aio"
+        )
+    _native_broken(problem)
+    return "aio"
 
 
 # --- the server ---------------------------------------------------------------------------
@@ -506,7 +239,9 @@ class PluginServer:
     ``on_allocate`` is called on the event loop that started the server, at most
     :data:`ALLOCATE_HOOK_DELAY` after each successful Allocate (whose response is then on its
     way; Allocate calls meanwhile share the call); ``observe(rpc, seconds)`` is called on the
-    server's own thread (it must be thread-safe).
+    thread that serves the call (the server's own with ``native``, the event loop with
+    ``aio``; it must be thread-safe). ``transport`` forces one (``native`` or ``aio``; ``None``:
+    :func:`choose_transport` chooses at each start).
     """
 
     def __init__(
@@ -519,15 +254,17 @@ class PluginServer:
         on_allocate: Callable[[], None] | None = None,
         observe: Callable[[str, float], None] | None = None,
         max_streams: int = MAX_LIST_AND_WATCH_STREAMS,
+        transport: str | None = None,
     ) -> None:
         self.resource = resource
         self.state = state
         self.path = pathlib.Path(directory) / resource.socket_name
         check_socket_path(self.path)
         self.max_streams = max_streams
+        self._requested = transport
         self._on_allocate = on_allocate
         self.servicer = DevicePluginServicer(state, resource, settings, observe=observe)
-        self._transport: _Transport | None = None
+        self._transport: Transport | None = None
         self._publisher: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._kick_due = False
@@ -544,6 +281,11 @@ class PluginServer:
     @property
     def serving(self) -> bool:
         return self._transport is not None
+
+    @property
+    def transport(self) -> str | None:
+        """The transport serving now: ``native``, ``aio``, or ``None`` when not serving."""
+        return self._transport.kind if self._transport is not None else None
 
     @property
     def streams(self) -> int:
@@ -586,11 +328,13 @@ class PluginServer:
     async def start(self) -> None:
         """Serve on a fresh socket (replacing a stale socket at the path).
 
-        Raises :class:`ServeError` when the socket cannot be made; the server is then stopped
-        and may be started again.
+        Raises :class:`ServeError` when the socket cannot be made, :class:`TransportError`
+        when the transport asked for names none or cannot run; the server is then stopped and
+        may be started again.
         """
         if self._transport is not None:
             await self.stop()
+        kind = choose_transport(self._requested)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -598,32 +342,53 @@ class PluginServer:
                 f"cannot create the directory {self.path.parent}: {e.strerror or e}"
             ) from None
         self._clear_path()
-        after = {_ALLOCATE: self._allocated} if self._on_allocate is not None else {}
-        transport = _Transport(self.resource.name, self.servicer.unary, self.max_streams, after)
-        with _umask(0o177):
-            bound = transport.bind(self.path)
-        if not bound:
-            transport.destroy_unstarted()
-            raise self._error(_bind_error(self.path))
-        try:
-            os.chmod(self.path, SOCKET_MODE)
-            st = os.stat(self.path)
-        except OSError as e:
-            transport.destroy_unstarted()
-            with contextlib.suppress(OSError):
-                os.unlink(self.path)
-            raise self._error(e.strerror or str(e)) from None
         self._loop = asyncio.get_running_loop()
-        transport.start(self.servicer.device_list())
+        try:
+            transport, st = await self._serve(kind)
+        except transport_native.NativeFailed as e:
+            if kind != "native" or (self._requested or transport_setting()) == "native":
+                raise self._error(f"grpcio {grpc.__version__}: {e}") from None
+            _native_broken(str(e))
+            self._clear_path()
+            transport, st = await self._serve("aio")
         self._identity = (st.st_dev, st.st_ino)
         self._transport = transport
         self._publisher = asyncio.create_task(
             self._publish(transport), name=f"gpulet-list-{self.resource.name}"
         )
         self.starts += 1
-        log.info("serving %s on %s", self.resource.name, self.path)
+        log.info("serving %s on %s (%s transport)", self.resource.name, self.path, kind)
 
-    async def _publish(self, transport: _Transport) -> None:
+    async def _serve(self, kind: str) -> tuple[Transport, os.stat_result]:
+        """A started transport of ``kind`` on the socket, and the socket's status. Raises
+        :class:`ServeError` when the socket cannot be made, ``NativeFailed`` when grpcio's
+        private layer fails (the socket is then removed)."""
+        after = {_ALLOCATE: self._allocated} if self._on_allocate is not None else {}
+        transport = TRANSPORTS[kind](
+            self.resource.name, self.servicer.unary, self.max_streams, after
+        )
+        made = False
+        try:
+            with _umask(0o177):
+                bound = transport.bind(os.fspath(self.path))
+            if not bound:
+                raise self._error(_bind_error(self.path))
+            made = True
+            try:
+                os.chmod(self.path, SOCKET_MODE)
+                st = os.stat(self.path)
+            except OSError as e:
+                raise self._error(e.strerror or str(e)) from None
+            await transport.start(self.servicer.device_list())
+        except BaseException:
+            await transport.discard()
+            if made:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.path)
+            raise
+        return transport, st
+
+    async def _publish(self, transport: Transport) -> None:
         """Give the streams the device list on every change of the state."""
         with self.state.watch() as watch:
             while True:
@@ -634,7 +399,7 @@ class PluginServer:
                 await watch.wait()
 
     def _allocated(self) -> None:
-        # On the server's thread, after an Allocate response: have the loop call the hook
+        # On the thread that served an Allocate, after its response: have the loop call the hook
         # ALLOCATE_HOOK_DELAY from now, unless a call is already due (it runs after this
         # Allocate was recorded, so it covers it).
         loop = self._loop
@@ -674,11 +439,7 @@ class PluginServer:
             publisher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await publisher
-        transport.begin_stop()
-        if not await asyncio.to_thread(transport.done.wait, grace or 0.0):
-            transport.cancel_all()
-            if not await asyncio.to_thread(transport.done.wait, 10.0):
-                log.warning("the gRPC server of %s did not stop within 10s", self.resource.name)
+        await transport.stop(grace)
         if ours:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
