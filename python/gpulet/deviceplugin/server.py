@@ -201,8 +201,8 @@ def _native_broken(why: str) -> None:
         _Native.warned = True
         log.warning(
             "grpcio %s: the device plugin's native transport cannot run (%s); serving with "
-            "grpc.aio instead (same behaviour, some 30%% more time per call). %s=aio chooses "
-            "it without this warning",
+            "grpc.aio instead (the same answers, slower per call). %s=aio chooses it without "
+            "this warning",
             grpc.__version__,
             why,
             TRANSPORT_ENV,
@@ -213,21 +213,27 @@ def choose_transport(requested: str | None = None) -> str:
     """The transport to serve with: ``requested`` (or :data:`TRANSPORT_ENV`) when it names
     one, else ``native`` when grpcio's private layer fits it, else ``aio`` (warned once).
     A forced ``native`` that cannot run is a :class:`TransportError`."""
+    return _choose(requested)[0]
+
+
+def _choose(requested: str | None) -> tuple[str, bool]:
+    """The transport, and whether it was forced."""
     forced = requested if requested is not None else transport_setting()
     if forced is not None and forced not in TRANSPORTS:
         raise TransportError(f"transport: must be one of {', '.join(TRANSPORTS)}; got {forced!r}")
     if forced == "aio":
-        return "aio"
+        return "aio", True
     problem = _native_problem()
     if problem is None:
-        return "native"
+        return "native", forced is not None
     if forced == "native":
+        source = "by the server's transport" if requested is not None else f"by {TRANSPORT_ENV}"
         raise TransportError(
-            f"the native transport was asked for ({TRANSPORT_ENV}=native) but cannot run with "
-            f"grpcio {grpc.__version__}: {problem}; use aio"
+            f"the native transport was asked for {source} but cannot run with grpcio "
+            f"{grpc.__version__}: {problem}; use aio"
         )
     _native_broken(problem)
-    return "aio"
+    return "aio", False
 
 
 # --- the server ---------------------------------------------------------------------------
@@ -334,7 +340,7 @@ class PluginServer:
         """
         if self._transport is not None:
             await self.stop()
-        kind = choose_transport(self._requested)
+        kind, forced = _choose(self._requested)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -346,8 +352,10 @@ class PluginServer:
         try:
             transport, st = await self._serve(kind)
         except transport_native.NativeFailed as e:
-            if kind != "native" or (self._requested or transport_setting()) == "native":
-                raise self._error(f"grpcio {grpc.__version__}: {e}") from None
+            if forced:
+                raise self._error(
+                    f"the native transport, with grpcio {grpc.__version__}: {e}"
+                ) from None
             _native_broken(str(e))
             self._clear_path()
             transport, st = await self._serve("aio")
