@@ -7,7 +7,11 @@ it with gRPC clients as the kubelet or a misbehaving local client would:
 - socket paths at gRPC's limit and one byte over it;
 - a file, directory or link squatting the socket path, and a directory the OS refuses to bind in;
 - requests with too many containers or IDs, or too large to read, and what gets logged;
-- more ListAndWatch streams than the cap, and a stream that never reads.
+- more ListAndWatch streams than the cap, and a stream that never reads;
+- a grpcio whose private layer does not fit the native transport.
+
+The tests that take ``transport`` run once per transport (``native``, ``aio``): the stock one
+must bind, bound, answer and stream as the native one does.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import stat
 import tempfile
 import threading
 import time
+import types
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
@@ -35,15 +40,18 @@ from gpulet import config
 from gpulet._core import Node
 from gpulet._proto.deviceplugin.v1beta1 import api_pb2 as dp
 from gpulet._proto.deviceplugin.v1beta1 import api_pb2_grpc as dp_grpc
-from gpulet.deviceplugin import ResponseSettings, build_resources
+from gpulet.deviceplugin import ResponseSettings, build_resources, transport_native
+from gpulet.deviceplugin import server as server_module
 from gpulet.deviceplugin.server import (
     MAX_LIST_AND_WATCH_STREAMS,
     MAX_REQUEST_BYTES,
     MAX_SOCKET_PATH,
     SOCKET_MODE,
+    TRANSPORT_ENV,
     PluginServer,
     ServeError,
     SocketPathError,
+    TransportError,
 )
 from gpulet.deviceplugin.servicer import MAX_CONTAINER_REQUESTS, MAX_DETAILS
 from gpulet.deviceplugin.state import DevicePluginState
@@ -71,6 +79,12 @@ def dgx_h100(fake_library: pathlib.Path) -> Node:
     return discover("dgx-h100")
 
 
+@pytest.fixture(params=["native", "aio"])
+def transport(request: pytest.FixtureRequest) -> str:
+    """Each transport in turn: the bounds, answers and stream rules are the same on both."""
+    return str(request.param)
+
+
 @pytest.fixture
 def root() -> Iterator[pathlib.Path]:
     path = pathlib.Path(tempfile.mkdtemp(prefix="gpl-", dir="/tmp"))
@@ -85,6 +99,7 @@ class Served:
 
     def __init__(self, state: DevicePluginState, directory: pathlib.Path, **kwargs: Any) -> None:
         self.state = state
+        self.transport: str | None = kwargs.get("transport")
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
@@ -103,6 +118,8 @@ class Served:
 
     def start(self) -> None:
         self.call(self.server.start())
+        if self.transport is not None:  # no silent fallback: the one asked for serves
+            assert self.server.transport == self.transport
 
     def close(self) -> None:
         try:
@@ -151,11 +168,11 @@ def directory_for(root: pathlib.Path, state: DevicePluginState, size: int) -> pa
 
 
 def test_the_longest_socket_path_serves_and_one_byte_more_is_refused(
-    dgx_h100: Node, root: pathlib.Path
+    dgx_h100: Node, root: pathlib.Path, transport: str
 ) -> None:
     state = make_state(dgx_h100)
     longest = directory_for(root / "a", state, MAX_SOCKET_PATH)
-    with serving(state, longest) as s:
+    with serving(state, longest, transport=transport) as s:
         assert len(os.fsencode(str(s.server.path))) == MAX_SOCKET_PATH
         assert stat.S_IMODE(s.server.path.stat().st_mode) == SOCKET_MODE
         with PluginClient(s.server.path) as client:  # a unix:// client reaches it
@@ -229,10 +246,12 @@ def test_a_stale_socket_is_replaced(dgx_h100: Node, root: pathlib.Path) -> None:
         s.close()
 
 
-def test_an_os_refusal_is_a_serve_error_with_the_reason(dgx_h100: Node, root: pathlib.Path) -> None:
+def test_an_os_refusal_is_a_serve_error_with_the_reason(
+    dgx_h100: Node, root: pathlib.Path, transport: str
+) -> None:
     state = make_state(dgx_h100)
     # sysfs holds no sockets: the directory exists, binding in it fails (EPERM as root).
-    s = Served(state, pathlib.Path("/sys"))
+    s = Served(state, pathlib.Path("/sys"), transport=transport)
     try:
         with pytest.raises(ServeError) as info:
             s.start()
@@ -246,7 +265,7 @@ def test_an_os_refusal_is_a_serve_error_with_the_reason(dgx_h100: Node, root: pa
 
     # A directory that cannot be made (a file is in the way).
     (root / "file").write_text("", encoding="utf-8")
-    s = Served(state, root / "file" / "plugins")
+    s = Served(state, root / "file" / "plugins", transport=transport)
     try:
         with pytest.raises(ServeError, match="cannot create the directory"):
             s.start()
@@ -259,10 +278,10 @@ def test_an_os_refusal_is_a_serve_error_with_the_reason(dgx_h100: Node, root: pa
 
 
 def test_too_many_container_requests_are_refused_before_the_state_is_asked(
-    dgx_h100: Node, root: pathlib.Path, caplog: pytest.LogCaptureFixture
+    dgx_h100: Node, root: pathlib.Path, transport: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     state = make_state(dgx_h100)
-    with serving(state, root) as s, PluginClient(s.server.path) as client:
+    with serving(state, root, transport=transport) as s, PluginClient(s.server.path) as client:
         gpus = [d.ID for d in client.devices()]
         before = (s.run(state.ledger.snapshot), s.run(state.assignments))
         for count in (MAX_CONTAINER_REQUESTS + 1, 10_000):
@@ -284,10 +303,10 @@ def test_too_many_container_requests_are_refused_before_the_state_is_asked(
 
 
 def test_more_ids_than_the_resource_advertises_are_refused(
-    dgx_h100: Node, root: pathlib.Path
+    dgx_h100: Node, root: pathlib.Path, transport: str
 ) -> None:
     state = make_state(dgx_h100)
-    with serving(state, root) as s, PluginClient(s.server.path) as client:
+    with serving(state, root, transport=transport) as s, PluginClient(s.server.path) as client:
         gpus = [d.ID for d in client.devices()]
         nine = [*gpus, gpus[0]]
         with pytest.raises(grpc.RpcError) as info:
@@ -303,9 +322,11 @@ def test_more_ids_than_the_resource_advertises_are_refused(
         assert len(client.allocate(gpus).container_responses) == 1
 
 
-def test_a_request_over_the_size_limit_is_not_read(dgx_h100: Node, root: pathlib.Path) -> None:
+def test_a_request_over_the_size_limit_is_not_read(
+    dgx_h100: Node, root: pathlib.Path, transport: str
+) -> None:
     state = make_state(dgx_h100)
-    with serving(state, root) as s, PluginClient(s.server.path) as client:
+    with serving(state, root, transport=transport) as s, PluginClient(s.server.path) as client:
         big = allocate_request(["x" * 1000] * (2 * MAX_REQUEST_BYTES // 1000))
         assert big.ByteSize() > MAX_REQUEST_BYTES
         with pytest.raises(grpc.RpcError) as info:
@@ -332,11 +353,11 @@ def test_allocate_logs_at_debug_with_the_ids_shortened(
 
 
 def test_a_long_refusal_is_clipped_in_the_status_and_the_log(
-    dgx_h100: Node, root: pathlib.Path, caplog: pytest.LogCaptureFixture
+    dgx_h100: Node, root: pathlib.Path, transport: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     ts = {"resources": [{"name": GPU, "replicas": 64}]}
     state = make_state(dgx_h100, sharing={"timeSlicing": ts})
-    with serving(state, root) as s, PluginClient(s.server.path) as client:
+    with serving(state, root, transport=transport) as s, PluginClient(s.server.path) as client:
         replicas = [d.ID for d in client.devices()]
         assert len(replicas) == 512
         twice = replicas[:200] * 2  # the state names every repeated ID
@@ -355,10 +376,10 @@ def test_a_long_refusal_is_clipped_in_the_status_and_the_log(
 
 
 def test_list_and_watch_streams_beyond_the_cap_are_refused(
-    dgx_h100: Node, root: pathlib.Path
+    dgx_h100: Node, root: pathlib.Path, transport: str
 ) -> None:
     state = make_state(dgx_h100)
-    with serving(state, root) as s, PluginClient(s.server.path) as client:
+    with serving(state, root, transport=transport) as s, PluginClient(s.server.path) as client:
         watches = [client.watch() for _ in range(MAX_LIST_AND_WATCH_STREAMS)]
         for w in watches:
             assert len(w.next().devices) == 8
@@ -383,7 +404,7 @@ def test_list_and_watch_streams_beyond_the_cap_are_refused(
 
 
 def test_a_stream_that_never_reads_holds_only_the_latest_list(
-    dgx_h100: Node, root: pathlib.Path
+    dgx_h100: Node, root: pathlib.Path, transport: str
 ) -> None:
     # 8 GPUs x 512 replicas: each list is some 250 KB, more than a flow-control window.
     ts = {"resources": [{"name": GPU, "replicas": 512}]}
@@ -392,7 +413,7 @@ def test_a_stream_that_never_reads_holds_only_the_latest_list(
     flaps = 60
     options = [("grpc.http2.bdp_probe", 0)]  # a window that stays small: it stalls at once
     with (
-        serving(state, root) as s,
+        serving(state, root, transport=transport) as s,
         grpc.insecure_channel(f"unix://{s.server.path}", options=options) as stalled_channel,
     ):
         stalled = dp_grpc.DevicePluginStub(stalled_channel).ListAndWatch(dp.Empty())
@@ -425,10 +446,10 @@ def test_a_stream_that_never_reads_holds_only_the_latest_list(
 
 
 def test_unknown_methods_bad_bytes_and_handler_failures(
-    dgx_h100: Node, root: pathlib.Path, caplog: pytest.LogCaptureFixture
+    dgx_h100: Node, root: pathlib.Path, transport: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     state = make_state(dgx_h100)
-    s = Served(state, root)
+    s = Served(state, root, transport=transport)
 
     def broken(data: bytes) -> bytes:
         raise RuntimeError("a bug")
@@ -465,10 +486,10 @@ def test_unknown_methods_bad_bytes_and_handler_failures(
 
 
 def test_stop_ends_streams_and_removes_the_socket_then_start_serves_again(
-    dgx_h100: Node, root: pathlib.Path
+    dgx_h100: Node, root: pathlib.Path, transport: str
 ) -> None:
     state = make_state(dgx_h100)
-    s = Served(state, root)
+    s = Served(state, root, transport=transport)
     try:
         s.start()
         with PluginClient(s.server.path) as client:
@@ -489,7 +510,7 @@ def test_stop_ends_streams_and_removes_the_socket_then_start_serves_again(
 
 
 def test_on_allocate_runs_on_the_event_loop_after_allocate(
-    dgx_h100: Node, root: pathlib.Path
+    dgx_h100: Node, root: pathlib.Path, transport: str
 ) -> None:
     state = make_state(dgx_h100)
     calls: list[threading.Thread] = []
@@ -500,7 +521,7 @@ def test_on_allocate_runs_on_the_event_loop_after_allocate(
         called.set()
 
     with (
-        serving(state, root, on_allocate=on_allocate) as s,
+        serving(state, root, on_allocate=on_allocate, transport=transport) as s,
         PluginClient(s.server.path) as client,
     ):
         gpus = [d.ID for d in client.devices()]
@@ -515,3 +536,98 @@ def test_on_allocate_runs_on_the_event_loop_after_allocate(
                 client.allocate([g])
             assert called.wait(WAIT)
             assert calls[0] is s.run(threading.current_thread)
+
+
+# --- a grpcio whose private layer does not fit ------------------------------------------------
+
+
+class UnmakeableServer:
+    """A ``cygrpc.Server`` stand-in: every method the native transport calls is there with the
+    arguments it passes, but a server cannot be made (as when a release changes what the
+    constructor takes)."""
+
+    def __init__(self, *args: Any) -> None:
+        raise TypeError(f"Server() takes 3 arguments ({len(args)} given)")
+
+    def register_completion_queue(self, queue: Any) -> None: ...
+    def start(self) -> None: ...
+    def request_call(self, call_queue: Any, server_queue: Any, tag: Any) -> None: ...
+    def shutdown(self, queue: Any, tag: Any) -> None: ...
+    def cancel_all_calls(self) -> None: ...
+    def destroy(self) -> None: ...
+
+    def add_http2_port(self, address: Any) -> int:
+        return 0
+
+
+@pytest.fixture
+def unmakeable_layer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """grpcio's private layer replaced by a stand-in module whose Server cannot be made, and
+    the transport not chosen yet in this process."""
+    layer = types.ModuleType("cygrpc_stand_in")
+    for name in dir(transport_native.cygrpc):
+        if not name.startswith("__"):
+            setattr(layer, name, getattr(transport_native.cygrpc, name))
+    layer.Server = UnmakeableServer  # type: ignore[attr-defined]
+    assert transport_native.check(layer) is None  # the names and signatures fit
+    monkeypatch.setattr(transport_native, "cygrpc", layer)
+    monkeypatch.setattr(server_module._Native, "checked", False)
+    monkeypatch.setattr(server_module._Native, "problem", None)
+    monkeypatch.setattr(server_module._Native, "warned", False)
+    monkeypatch.delenv(TRANSPORT_ENV, raising=False)
+
+
+@pytest.mark.usefixtures("unmakeable_layer")
+def test_a_native_server_that_fails_to_start_falls_back_to_aio_with_one_warning(
+    dgx_h100: Node, root: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    state = make_state(dgx_h100)
+    with caplog.at_level(logging.WARNING, logger="gpulet"):
+        with serving(state, root) as s, PluginClient(s.server.path) as client:
+            assert s.server.transport == "aio"
+            assert stat.S_IMODE(s.server.path.stat().st_mode) == SOCKET_MODE
+            gpus = [d.ID for d in client.devices()]
+            assert client.allocate([gpus[0]]).container_responses
+            # Served again (a kubelet restart): aio at once, no second warning.
+            s.call(s.server.stop())
+            s.start()
+            assert s.server.transport == "aio"
+        assert not s.server.path.exists()
+    (line,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert f"grpcio {grpc.__version__}" in line
+    assert "making the server failed: TypeError: Server() takes 3 arguments" in line
+    assert f"{TRANSPORT_ENV}=aio" in line
+
+    # Asked for by name, the native transport that cannot run is an error, not a fallback.
+    s = Served(state, root, transport="native")
+    try:
+        with pytest.raises(TransportError, match="cannot run with grpcio"):
+            s.start()
+        assert not s.server.serving
+    finally:
+        s.close()
+
+
+@pytest.mark.usefixtures("unmakeable_layer")
+def test_forced_native_that_fails_to_start_is_a_serve_error(
+    dgx_h100: Node, root: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = make_state(dgx_h100)
+    monkeypatch.setenv(TRANSPORT_ENV, "native")
+    s = Served(state, root)
+    try:
+        with pytest.raises(ServeError) as info:
+            s.start()
+        assert f"the native transport, with grpcio {grpc.__version__}" in str(info.value)
+        assert not s.server.serving
+        assert not s.server.path.exists()
+        # A bad value: an error naming the variable, nothing made.
+        monkeypatch.setenv(TRANSPORT_ENV, "fast")
+        with pytest.raises(TransportError, match=f"{TRANSPORT_ENV}: must be one of native, aio"):
+            s.start()
+        assert not s.server.path.exists()
+        monkeypatch.setenv(TRANSPORT_ENV, "aio")
+        s.start()
+        assert s.server.transport == "aio"
+    finally:
+        s.close()
