@@ -4,6 +4,9 @@ Each test runs the agent (``gpulet.agent.Agent``) on a simulated node (the fake 
 short temporary kubelet root, with :mod:`gpulet.testing.kubelet` as the kubelet: per MIG
 strategy and sharing mode, registration and ListAndWatch; GetPreferredAllocation against the
 allocator; Allocate per device-list strategy; every bad input.
+
+The tests that take ``transport`` run once per device-plugin transport (``native``, ``aio``,
+chosen with ``GPULET_GRPC_TRANSPORT``): the stock one answers as the native one does.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from gpulet import alloc, config
 from gpulet._proto.deviceplugin.v1beta1 import api_pb2 as dp
 from gpulet.agent import Agent, AgentOptions
 from gpulet.alloc import ClaimOwner
+from gpulet.deviceplugin.server import TRANSPORT_ENV
 from gpulet.sim import Simulation
 from gpulet.testing.kubelet import AgentThread, KubeletStandin, PluginClient
 
@@ -73,10 +77,22 @@ class Node:
         self.kubelet.wait_for_registrations([resource])
         return self.kubelet.plugin(resource)
 
+    def transports(self) -> set[str | None]:
+        """The transports the agent's servers serve with."""
+        return {server.transport for server in self.agent.servers.values()}
+
     def ledger(self) -> bytes:
         assert self.agent.state is not None
         state = self.agent.state
         return self.thread.run(state.ledger.snapshot)
+
+
+@pytest.fixture(params=["native", "aio"])
+def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each transport in turn, chosen as a user would: with the environment variable."""
+    name = str(request.param)
+    monkeypatch.setenv(TRANSPORT_ENV, name)
+    return name
 
 
 def agent_config(root: pathlib.Path, doc: dict[str, Any]) -> config.Config:
@@ -112,9 +128,10 @@ def numa(response: dp.ListAndWatchResponse) -> collections.Counter[int]:
 # --- registration and ListAndWatch per strategy ---------------------------------------------
 
 
-def test_none_strategy(root: pathlib.Path) -> None:
+def test_none_strategy(root: pathlib.Path, transport: str) -> None:
     with running("dgx-h100", root) as n:
         reg = n.kubelet.wait_for_registrations([GPU])[GPU]
+        assert n.transports() == {transport}
         assert (reg.version, reg.endpoint) == ("v1beta1", "gpulet-gpu.sock")
         assert reg.options.get_preferred_allocation_available
         assert not reg.options.pre_start_required
@@ -184,13 +201,14 @@ def test_time_slicing(root: pathlib.Path) -> None:
         assert len({c.split("::")[0] for c in chosen}) == 2
 
 
-def test_mps(root: pathlib.Path) -> None:
+def test_mps(root: pathlib.Path, transport: str) -> None:
     doc = {
         "flags": {"mpsRoot": "/run/nvidia/mps"},
         "sharing": {"mps": {"resources": [{"name": GPU, "replicas": 2}]}},
     }
     with running("single-t4", root, doc) as n, n.plugin() as p:
         listed = ids(p.watch().next())
+        assert n.transports() == {transport}
         assert len(listed) == 2
         r = p.allocate([listed[0]]).container_responses[0]
         assert r.envs["CUDA_MPS_PIPE_DIRECTORY"] == "/mps/nvidia.com/gpu/pipe"
@@ -247,9 +265,10 @@ def test_device_id_strategy_index(root: pathlib.Path) -> None:
 # --- GetPreferredAllocation -----------------------------------------------------------------
 
 
-def test_preferred_allocation_is_the_allocators_answer(root: pathlib.Path) -> None:
+def test_preferred_allocation_is_the_allocators_answer(root: pathlib.Path, transport: str) -> None:
     with running("dgx1-volta", root) as n, n.plugin() as p:
         node = gpulet.discover()
+        assert n.transports() == {transport}
         uuid = {g.index: g.uuid for g in node.gpus}
         cases: list[tuple[list[int], list[int], int]] = [
             (list(range(8)), [], 1),
@@ -360,12 +379,13 @@ def test_pass_device_specs_and_cdi_spec(root: pathlib.Path) -> None:
     ],
 )
 def test_bad_allocate_requests(
-    root: pathlib.Path, case: str, code: grpc.StatusCode, needle: str
+    root: pathlib.Path, transport: str, case: str, code: grpc.StatusCode, needle: str
 ) -> None:
     ts = {"failRequestsGreaterThanOne": True, "resources": [{"name": GPU, "replicas": 2}]}
     doc = {"sharing": {"timeSlicing": ts}} if case == "replicas" else {}
     with running("dgx-h100", root, doc) as n, n.plugin() as p:
         listed = ids(p.watch().next())
+        assert n.transports() == {transport}
         a, b = listed[0], listed[2]
         p.allocate([listed[4]])  # something is held already
         state = n.agent.state
@@ -396,12 +416,13 @@ def test_bad_allocate_requests(
 # --- health ---------------------------------------------------------------------------------
 
 
-def test_health_changes_stream_on_list_and_watch(root: pathlib.Path) -> None:
+def test_health_changes_stream_on_list_and_watch(root: pathlib.Path, transport: str) -> None:
     with running("hgx-h200", root, {"flags": {"migStrategy": "mixed"}}) as n:
         state = n.agent.state
         assert state is not None
         g7 = gpulet.discover().gpus[7]
         with n.plugin("nvidia.com/mig-3g.71gb") as p:
+            assert n.transports() == {transport}
             w = p.watch()
             assert w.next().devices[0].health == "Healthy"
             n.thread.run(lambda: state.set_health(g7.uuid, False, "XID 48"))
