@@ -277,7 +277,8 @@ def test_servicer_in_process(
 #: Serves the servicer of a simulated DGX H100 in one flavour: ``python -c FLAVOUR_SERVER NAME
 #: DIRECTORY`` prints the socket's path once it serves. ``grpc.aio`` and ``grpc.server`` (a
 #: pool of 4 threads) run the servicer's byte functions as generic handlers (no (de)serializer,
-#: so the transport alone differs); ``gpulet`` is PluginServer.
+#: so the transport alone differs); ``gpulet`` is PluginServer on its native transport,
+#: ``gpulet (aio)`` PluginServer on its stock one (``grpc.aio``, and gpulet's stream rules).
 FLAVOUR_SERVER = """
 import asyncio, pathlib, sys
 from concurrent import futures
@@ -325,8 +326,10 @@ def serve_sync():
     print(socket, flush=True)
     server.wait_for_termination()
 
-async def serve_gpulet():
-    server = PluginServer(state, spec, directory, settings, on_allocate=lambda: None)
+async def serve_gpulet(transport):
+    server = PluginServer(
+        state, spec, directory, settings, on_allocate=lambda: None, transport=transport
+    )
     await server.start()
     print(server.path, flush=True)
     await asyncio.Event().wait()
@@ -335,11 +338,13 @@ if name == "grpc.aio":
     asyncio.run(serve_aio())
 elif name == "grpc.server":
     serve_sync()
+elif name == "gpulet (aio)":
+    asyncio.run(serve_gpulet("aio"))
 else:
-    asyncio.run(serve_gpulet())
+    asyncio.run(serve_gpulet("native"))
 """
 
-FLAVOURS = ("grpc.aio", "grpc.server", "gpulet")
+FLAVOURS = ("grpc.aio", "grpc.server", "gpulet", "gpulet (aio)")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -350,8 +355,8 @@ def cpu_seconds(pid: int) -> float:
 
 
 def test_server_flavours(benchmark: Benchmark) -> None:
-    """The same servicer behind three gRPC servers, each in its own process, called in turn by
-    one client thread (the flavour that goes first rotates every call): the empty RPC
+    """The same servicer behind each flavour of gRPC server, each in its own process, called in
+    turn by one client thread (the flavour that goes first rotates every call): the empty RPC
     (GetDevicePluginOptions, the floor each server sets) and Allocate (one GPU, GPU ``i mod 8``),
     p50 / p99 and the server process's CPU time per call."""
     calls = 3 if benchmark.disabled else 2000
@@ -365,7 +370,7 @@ def test_server_flavours(benchmark: Benchmark) -> None:
             env = {**sim.env, "PYTHONPATH": os.pathsep.join(sys.path)}
             stubs: dict[str, dp_grpc.DevicePluginStub] = {}
             for name in FLAVOURS:
-                directory = root / name.replace(".", "-")
+                directory = root / f"f{FLAVOURS.index(name)}"
                 directory.mkdir()
                 proc = subprocess.Popen(
                     [sys.executable, "-c", FLAVOUR_SERVER, name, str(directory)],
