@@ -8,6 +8,7 @@ from typing import ClassVar, Final, Literal, TypeAlias, final
 
 __all__ = [
     "REPLICA_SEPARATOR",
+    "RESOURCE_NAME_PREFIX",
     "ClaimOwner",
     "ContainerOwner",
     "Event",
@@ -36,6 +37,7 @@ __all__ = [
     "mig_plan",
     "mig_plan_node",
     "mig_profiles",
+    "mig_resource_name",
     "mig_stranded",
     "mig_validate",
     "preferred",
@@ -285,6 +287,11 @@ class MigLayout:
 def mig_models() -> list[str]: ...
 def mig_catalog_model(model: str) -> tuple[str, int, bool]: ...
 def mig_model_profiles(model: str) -> list[MigProfile]: ...
+
+#: The domain of NVIDIA's resource names: ``nvidia.com``.
+RESOURCE_NAME_PREFIX: Final[str]
+
+def mig_resource_name(profile: str) -> str: ...
 def mig_validate(model: str, layout: _MigLayoutLike) -> None: ...
 def mig_layouts(
     model: str, profiles: Sequence[str] | None = None, maximal: bool = False

@@ -13,7 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpulet import _core, mig
+from gpulet import _core, config, mig
+from gpulet.deviceplugin import mig_resource_name
 from gpulet.errors import (
     InfeasibleError,
     InvalidArgumentError,
@@ -57,6 +58,18 @@ def test_profiles_by_every_model_name(name: str) -> None:
     assert ps[0] == mig.profiles(H100)[0]
     assert hash(ps[0]) == hash(mig.profiles(H100)[0])
     assert "Profile(" in repr(me)
+
+
+def test_one_resource_name_rule_for_profiles_and_the_device_plugin() -> None:
+    assert _core.RESOURCE_NAME_PREFIX == config.RESOURCE_NAME_PREFIX == "nvidia.com"
+    assert _core.mig_resource_name("1g.10gb+me") == "nvidia.com/mig-1g.10gb.me"
+    # Not only catalog profiles: whatever name NVML reports.
+    assert _core.mig_resource_name("1g.12gb+gfx") == "nvidia.com/mig-1g.12gb.gfx"
+    for model in _core.mig_models():
+        for p in mig.profiles(model):
+            assert p.resource_name == mig_resource_name(p.name) == _core.mig_resource_name(p.name)
+            # The planner accepts the resource name back.
+            mig.validate(model, [(p.resource_name, p.placements[0])])
 
 
 def test_a30_geometry() -> None:

@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from gpulet import alloc
+from gpulet import _core, alloc
 from gpulet._core import Gpu, MigDevice, Node
 from gpulet.config import (
     MAX_DEVICES_PER_RESOURCE,
@@ -75,8 +75,9 @@ class ResourceError(GpuletError, ValueError):
 
 
 def mig_resource_name(profile: str) -> str:
-    """NVIDIA's resource name of a MIG profile: ``1g.10gb+me`` -> ``nvidia.com/mig-1g.10gb.me``."""
-    return f"{RESOURCE_NAME_PREFIX}/mig-{profile.replace('+', '.')}"
+    """NVIDIA's resource name of a MIG profile: ``1g.10gb+me`` -> ``nvidia.com/mig-1g.10gb.me``
+    (computed by the core, as ``gpulet.mig.Profile.resource_name`` is)."""
+    return _core.mig_resource_name(profile)
 
 
 @dataclass(frozen=True)

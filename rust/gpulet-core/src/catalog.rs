@@ -90,11 +90,33 @@ pub struct MigProfile {
     pub placements: &'static [u32],
 }
 
+/// The domain of NVIDIA's extended resource names ("nvidia.com/gpu", "nvidia.com/mig-…").
+pub const RESOURCE_NAME_PREFIX: &str = "nvidia.com";
+
+/// The device-plugin resource suffix NVIDIA derives from a MIG profile's NVML name
+/// ("1g.10gb+me" → "1g.10gb.me").
+pub fn mig_resource_suffix(profile: &str) -> String {
+    profile.replace('+', ".")
+}
+
+/// NVIDIA's resource name of a MIG profile under the `mixed` strategy
+/// ("1g.10gb+me" → "nvidia.com/mig-1g.10gb.me").
+pub fn mig_resource_name(profile: &str) -> String {
+    format!(
+        "{RESOURCE_NAME_PREFIX}/mig-{}",
+        mig_resource_suffix(profile)
+    )
+}
+
 impl MigProfile {
-    /// The device-plugin resource suffix NVIDIA derives from the name ("1g.10gb+me" →
-    /// "1g.10gb.me").
+    /// See [`mig_resource_suffix`].
     pub fn resource_suffix(&self) -> String {
-        self.name.replace('+', ".")
+        mig_resource_suffix(self.name)
+    }
+
+    /// See [`mig_resource_name`].
+    pub fn resource_name(&self) -> String {
+        mig_resource_name(self.name)
     }
 }
 
@@ -895,6 +917,9 @@ mod tests {
     #[test]
     fn resource_suffix_replaces_plus() {
         let h = lookup("H100-80GB").unwrap().mig.unwrap();
-        assert_eq!(h.profile_by_id(20).unwrap().resource_suffix(), "1g.10gb.me");
+        let me = h.profile_by_id(20).unwrap();
+        assert_eq!(me.resource_suffix(), "1g.10gb.me");
+        assert_eq!(me.resource_name(), "nvidia.com/mig-1g.10gb.me");
+        assert_eq!(mig_resource_name("3g.40gb"), "nvidia.com/mig-3g.40gb");
     }
 }

@@ -1,7 +1,8 @@
 //! MIG geometry and planning from the catalog: the classes `MigProfile`, `MigPlacement`,
-//! `MigLayout` (re-exported by `gpulet.mig` as `Profile`, `Placement`, `Layout`) and the
-//! functions `mig_model_profiles`, `mig_validate`, `mig_layouts`, `mig_plan`, `mig_plan_node`,
-//! `mig_first_fit`, `mig_first_fit_node`, `mig_fragmentation` and `mig_stranded`.
+//! `MigLayout` (re-exported by `gpulet.mig` as `Profile`, `Placement`, `Layout`), the functions
+//! `mig_model_profiles`, `mig_resource_name`, `mig_validate`, `mig_layouts`, `mig_plan`,
+//! `mig_plan_node`, `mig_first_fit`, `mig_first_fit_node`, `mig_fragmentation` and
+//! `mig_stranded`, and the constant `RESOURCE_NAME_PREFIX`.
 //!
 //! Every class is frozen. Searches run with the GIL released (`py.detach`).
 
@@ -94,7 +95,7 @@ impl PyProfile {
     /// The device-plugin resource name, e.g. "nvidia.com/mig-1g.10gb.me".
     #[getter]
     fn resource_name(&self) -> String {
-        format!("nvidia.com/mig-{}", self.p.resource_suffix())
+        self.p.resource_name()
     }
 
     fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
@@ -358,6 +359,13 @@ fn mig_catalog_model(model: &str) -> PyResult<(&'static str, u32, bool)> {
     Ok((m.key, m.pci_device_id, m.mig_capable()))
 }
 
+/// `mig_resource_name(profile)`: NVIDIA's resource name of a MIG profile given by NVML name
+/// ("1g.10gb+me" → "nvidia.com/mig-1g.10gb.me"); any profile name, in the catalog or not.
+#[pyfunction]
+fn mig_resource_name(profile: &str) -> String {
+    gpulet_core::catalog::mig_resource_name(profile)
+}
+
 /// `mig_validate(model, layout)`: raise `MigLayoutError` naming the first clash.
 #[pyfunction]
 fn mig_validate(model: &str, layout: &Bound<'_, PyAny>) -> PyResult<()> {
@@ -517,6 +525,8 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(mig_models, m)?)?;
     m.add_function(wrap_pyfunction!(mig_catalog_model, m)?)?;
     m.add_function(wrap_pyfunction!(mig_model_profiles, m)?)?;
+    m.add_function(wrap_pyfunction!(mig_resource_name, m)?)?;
+    m.add("RESOURCE_NAME_PREFIX", gpulet_core::catalog::RESOURCE_NAME_PREFIX)?;
     m.add_function(wrap_pyfunction!(mig_validate, m)?)?;
     m.add_function(wrap_pyfunction!(mig_layouts, m)?)?;
     m.add_function(wrap_pyfunction!(mig_plan, m)?)?;

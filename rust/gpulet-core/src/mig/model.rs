@@ -494,7 +494,10 @@ impl MigModel {
         let exact = self.geo.profiles.iter().position(|p| p.name == name);
         exact.or_else(|| {
             let short = name.trim();
-            let short = short.strip_prefix("nvidia.com/").unwrap_or(short);
+            let short = short
+                .strip_prefix(catalog::RESOURCE_NAME_PREFIX)
+                .and_then(|s| s.strip_prefix('/'))
+                .unwrap_or(short);
             let short = short
                 .strip_prefix("mig-")
                 .unwrap_or(short)
