@@ -526,7 +526,10 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(mig_catalog_model, m)?)?;
     m.add_function(wrap_pyfunction!(mig_model_profiles, m)?)?;
     m.add_function(wrap_pyfunction!(mig_resource_name, m)?)?;
-    m.add("RESOURCE_NAME_PREFIX", gpulet_core::catalog::RESOURCE_NAME_PREFIX)?;
+    m.add(
+        "RESOURCE_NAME_PREFIX",
+        gpulet_core::catalog::RESOURCE_NAME_PREFIX,
+    )?;
     m.add_function(wrap_pyfunction!(mig_validate, m)?)?;
     m.add_function(wrap_pyfunction!(mig_layouts, m)?)?;
     m.add_function(wrap_pyfunction!(mig_plan, m)?)?;
