@@ -96,30 +96,42 @@ pub struct Topology {
     nvswitch: bool,
 }
 
-fn check_pair(gpu_count: usize, a: usize, b: usize, what: &str) -> Result<()> {
-    if a >= gpu_count || b >= gpu_count {
+/// A GPU index as a caller gives it: unsigned from Rust, signed from Python (so that a negative
+/// index is named as written).
+pub trait GpuIndex: Copy + std::fmt::Display + TryInto<usize> {}
+
+impl<I: Copy + std::fmt::Display + TryInto<usize>> GpuIndex for I {}
+
+/// `gpu` as an index below `gpu_count`, or `None`.
+fn in_range<I: GpuIndex>(gpu_count: usize, gpu: I) -> Option<usize> {
+    gpu.try_into().ok().filter(|&g| g < gpu_count)
+}
+
+/// The one check of a GPU pair given to a topology: both in range, and two distinct GPUs.
+fn check_pair<I: GpuIndex>(gpu_count: usize, a: I, b: I, what: &str) -> Result<(usize, usize)> {
+    let (Some(i), Some(j)) = (in_range(gpu_count, a), in_range(gpu_count, b)) else {
         return Err(CoreError::Topology(format!(
             "{what} pair ({a}, {b}) names a GPU outside 0..{gpu_count}"
         )));
-    }
-    if a == b {
+    };
+    if i == j {
         return Err(CoreError::Topology(format!(
             "{what} pair ({a}, {b}) links a GPU to itself"
         )));
     }
-    Ok(())
+    Ok((i, j))
 }
 
 /// Fill a symmetric matrix from unordered pairs, refusing a pair given twice with two values.
-fn fill<T: Copy + PartialEq + std::fmt::Debug>(
+fn fill<I: GpuIndex, T: Copy + PartialEq + std::fmt::Debug>(
     gpu_count: usize,
     matrix: &mut [T],
     given: &mut [bool],
-    pairs: &[((usize, usize), T)],
+    pairs: &[((I, I), T)],
     what: &str,
 ) -> Result<()> {
     for &((a, b), v) in pairs {
-        check_pair(gpu_count, a, b, what)?;
+        let (a, b) = check_pair(gpu_count, a, b, what)?;
         for (i, j) in [(a, b), (b, a)] {
             let k = i * gpu_count + j;
             if given[k] && matrix[k] != v {
@@ -136,14 +148,49 @@ fn fill<T: Copy + PartialEq + std::fmt::Debug>(
     Ok(())
 }
 
+/// The PCIe level of a pair not given: "same-cpu" when `numa` puts both GPUs on one node (or
+/// `numa` is absent), else "cross-cpu".
+fn default_pcie(numa: Option<&[i32]>, a: usize, b: usize) -> PcieLevel {
+    match numa {
+        Some(n) if n[a] != n[b] => PcieLevel::CrossCpu,
+        _ => PcieLevel::SameCpu,
+    }
+}
+
 impl Topology {
     /// Build a topology. Pairs are unordered; a pair given as (a, b) and (b, a) with different
-    /// values is an error. A PCIe pair not given is "same-cpu" when `numa` puts both GPUs on
-    /// one node (or `numa` is absent), else "cross-cpu".
+    /// values is an error, and so are a GPU paired with itself and a GPU outside
+    /// `0..gpu_count`. A PCIe pair not given is "same-cpu" when `numa` puts both GPUs on one
+    /// node (or `numa` is absent), else "cross-cpu".
     pub fn new(
         gpu_count: usize,
         nvlinks: &[((usize, usize), u32)],
         pcie: &[((usize, usize), PcieLevel)],
+        numa: Option<Vec<i32>>,
+        nvswitch: bool,
+    ) -> Result<Self> {
+        Topology::build(gpu_count, nvlinks, pcie, numa, nvswitch)
+    }
+
+    /// [`Topology::new`] with the GPU count and indices as a caller wrote them (Python's
+    /// `Topology(...)`): a negative count or index is refused, named as given.
+    pub fn from_signed(
+        gpu_count: i64,
+        nvlinks: &[((i64, i64), u32)],
+        pcie: &[((i64, i64), PcieLevel)],
+        numa: Option<Vec<i32>>,
+        nvswitch: bool,
+    ) -> Result<Self> {
+        let gpu_count = usize::try_from(gpu_count).map_err(|_| {
+            CoreError::Topology(format!("gpu_count must be 0 or more, got {gpu_count}"))
+        })?;
+        Topology::build(gpu_count, nvlinks, pcie, numa, nvswitch)
+    }
+
+    fn build<I: GpuIndex>(
+        gpu_count: usize,
+        nvlinks: &[((I, I), u32)],
+        pcie: &[((I, I), PcieLevel)],
         numa: Option<Vec<i32>>,
         nvswitch: bool,
     ) -> Result<Self> {
@@ -167,13 +214,11 @@ impl Topology {
         let mut levels = vec![PcieLevel::SameCpu; cells];
         let mut given = vec![false; cells];
         fill(gpu_count, &mut levels, &mut given, pcie, "pcie")?;
-        if let Some(n) = &numa {
-            for i in 0..gpu_count {
-                for j in 0..gpu_count {
-                    let k = i * gpu_count + j;
-                    if !given[k] && n[i] != n[j] {
-                        levels[k] = PcieLevel::CrossCpu;
-                    }
+        for i in 0..gpu_count {
+            for j in 0..gpu_count {
+                let k = i * gpu_count + j;
+                if !given[k] {
+                    levels[k] = default_pcie(numa.as_deref(), i, j);
                 }
             }
         }
@@ -184,6 +229,32 @@ impl Topology {
             numa,
             nvswitch,
         })
+    }
+
+    /// `gpu` as an index of this topology, or an error naming it.
+    pub fn index<I: GpuIndex>(&self, gpu: I) -> Result<usize> {
+        in_range(self.gpu_count, gpu).ok_or_else(|| {
+            CoreError::Topology(format!(
+                "GPU {gpu} is outside 0..{} of this topology",
+                self.gpu_count
+            ))
+        })
+    }
+
+    /// [`Topology::nvlinks`], refusing a GPU outside the topology.
+    pub fn try_nvlinks<I: GpuIndex>(&self, a: I, b: I) -> Result<u32> {
+        Ok(self.nvlinks(self.index(a)?, self.index(b)?))
+    }
+
+    /// [`Topology::pcie`], refusing a GPU outside the topology and a GPU paired with itself.
+    pub fn try_pcie<I: GpuIndex>(&self, a: I, b: I) -> Result<PcieLevel> {
+        let (a, b) = (self.index(a)?, self.index(b)?);
+        if a == b {
+            return Err(CoreError::Topology(format!(
+                "GPU {a} has no PCIe path to itself"
+            )));
+        }
+        Ok(self.pcie(a, b))
     }
 
     pub fn gpu_count(&self) -> usize {
@@ -229,6 +300,15 @@ impl Topology {
         let n = self.gpu_count;
         (0..n)
             .flat_map(|a| (a + 1..n).map(move |b| ((a, b), self.pcie(a, b))))
+            .collect()
+    }
+
+    /// The unordered pairs whose PCIe level is not the default that `numa` implies: what a
+    /// caller must give to build this topology again.
+    pub fn explicit_pcie_pairs(&self) -> Vec<((usize, usize), PcieLevel)> {
+        self.pcie_pairs()
+            .into_iter()
+            .filter(|&((a, b), level)| level != default_pcie(self.numa(), a, b))
             .collect()
     }
 }
@@ -288,6 +368,71 @@ mod tests {
         assert!(t.nvswitch());
         assert_eq!(t.nvlinks(0, 0), 0);
         assert_eq!(t.nvlinks(0, 7), 0);
+    }
+
+    #[test]
+    fn signed_indices_are_checked_and_named_as_given() {
+        let e = Topology::from_signed(4, &[((-1, 2), 1)], &[], None, false).unwrap_err();
+        assert!(
+            e.to_string().contains("(-1, 2) names a GPU outside 0..4"),
+            "{e}"
+        );
+        let e =
+            Topology::from_signed(4, &[], &[((2, 2), PcieLevel::Board)], None, false).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("pcie pair (2, 2) links a GPU to itself"),
+            "{e}"
+        );
+        let e = Topology::from_signed(-1, &[], &[], None, false).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("gpu_count must be 0 or more, got -1"),
+            "{e}"
+        );
+        let t = Topology::from_signed(2, &[((1, 0), 3)], &[], None, false).unwrap();
+        assert_eq!(
+            t,
+            Topology::new(2, &[((0, 1), 3)], &[], None, false).unwrap()
+        );
+    }
+
+    #[test]
+    fn checked_accessors_refuse_what_is_not_a_pair() {
+        let t = Topology::new(2, &[((0, 1), 3)], &[], None, false).unwrap();
+        assert_eq!(t.try_nvlinks(1, 0).unwrap(), 3);
+        assert_eq!(t.try_nvlinks(1, 1).unwrap(), 0);
+        assert_eq!(t.try_pcie(0, 1).unwrap(), PcieLevel::SameCpu);
+        let e = t.try_nvlinks(0, 2).unwrap_err();
+        assert!(e.to_string().contains("GPU 2 is outside 0..2"), "{e}");
+        let e = t.try_pcie(-1, 0).unwrap_err();
+        assert!(e.to_string().contains("GPU -1 is outside 0..2"), "{e}");
+        let e = t.try_pcie(1, 1).unwrap_err();
+        assert!(e.to_string().contains("no PCIe path to itself"), "{e}");
+    }
+
+    #[test]
+    fn explicit_pairs_rebuild_the_topology() {
+        let numa = Some(vec![0, 0, 1, 1]);
+        let t = Topology::new(
+            4,
+            &[],
+            &[
+                ((0, 1), PcieLevel::Board),
+                ((2, 3), PcieLevel::SameCpu),
+                ((1, 2), PcieLevel::HostBridge),
+            ],
+            numa.clone(),
+            false,
+        )
+        .unwrap();
+        // (2, 3) is same-cpu by default: not explicit.
+        let explicit = t.explicit_pcie_pairs();
+        assert_eq!(
+            explicit,
+            vec![((0, 1), PcieLevel::Board), ((1, 2), PcieLevel::HostBridge)]
+        );
+        assert_eq!(Topology::new(4, &[], &explicit, numa, false).unwrap(), t);
     }
 
     #[test]

@@ -19,22 +19,14 @@ fn topology_error(message: String) -> PyErr {
     crate::errors::to_py(CoreError::Topology(message))
 }
 
-/// A GPU pair key of a `nvlinks=` or `pcie=` mapping.
-fn extract_pair(key: &Bound<'_, PyAny>, what: &str, gpu_count: usize) -> PyResult<(usize, usize)> {
-    let pair: (i64, i64) = key.extract().map_err(|_| {
+/// A GPU pair key of a `nvlinks=` or `pcie=` mapping, as given (the core checks it).
+fn extract_pair(key: &Bound<'_, PyAny>, what: &str) -> PyResult<(i64, i64)> {
+    key.extract().map_err(|_| {
         topology_error(format!(
             "{what} key {} is not a pair of GPU indices such as (0, 1)",
             repr(key)
         ))
-    })?;
-    let (a, b) = pair;
-    let in_range = |v: i64| v >= 0 && (v as u64) < gpu_count as u64;
-    if !in_range(a) || !in_range(b) {
-        return Err(topology_error(format!(
-            "{what} pair ({a}, {b}) names a GPU outside 0..{gpu_count}"
-        )));
-    }
-    Ok((a as usize, b as usize))
+    })
 }
 
 fn repr(obj: &Bound<'_, PyAny>) -> String {
@@ -60,16 +52,6 @@ fn items<'py>(
         .collect()
 }
 
-fn check_index(t: &Topology, gpu: i64) -> PyResult<usize> {
-    if gpu < 0 || gpu as u64 >= t.gpu_count() as u64 {
-        return Err(topology_error(format!(
-            "GPU {gpu} is outside 0..{} of this topology",
-            t.gpu_count()
-        )));
-    }
-    Ok(gpu as usize)
-}
-
 /// The link matrix between the GPUs of one node (`gpulet.Topology`).
 #[pyclass(frozen, eq, hash, name = "Topology", module = "gpulet._core")]
 #[derive(PartialEq, Eq, Hash)]
@@ -82,21 +64,6 @@ impl PyTopology {
         PyTopology {
             inner: Arc::new(inner),
         }
-    }
-
-    /// PCIe pairs whose level differs from the default that `numa` implies (for `__repr__`).
-    fn explicit_pcie(&self) -> Vec<((usize, usize), PcieLevel)> {
-        let t = &self.inner;
-        t.pcie_pairs()
-            .into_iter()
-            .filter(|&((a, b), level)| {
-                let default = match t.numa() {
-                    Some(n) if n[a] != n[b] => PcieLevel::CrossCpu,
-                    _ => PcieLevel::SameCpu,
-                };
-                level != default
-            })
-            .collect()
     }
 }
 
@@ -112,12 +79,10 @@ impl PyTopology {
         numa: Option<Vec<i32>>,
         nvswitch: bool,
     ) -> PyResult<Self> {
-        let gpu_count = usize::try_from(gpu_count)
-            .map_err(|_| topology_error(format!("gpu_count must be 0 or more, got {gpu_count}")))?;
         let mut links = Vec::new();
         if let Some(m) = nvlinks {
             for (k, v) in items(m, "nvlinks")? {
-                let pair = extract_pair(&k, "nvlink", gpu_count)?;
+                let pair = extract_pair(&k, "nvlink")?;
                 let count: u32 = v.extract().map_err(|_| {
                     topology_error(format!(
                         "nvlink pair {} has link count {}; expected a whole number 0 or more",
@@ -131,7 +96,7 @@ impl PyTopology {
         let mut levels = Vec::new();
         if let Some(m) = pcie {
             for (k, v) in items(m, "pcie")? {
-                let pair = extract_pair(&k, "pcie", gpu_count)?;
+                let pair = extract_pair(&k, "pcie")?;
                 let name: String = v.extract().map_err(|_| {
                     topology_error(format!(
                         "pcie pair {} has level {}; expected a level name such as \"single-switch\"",
@@ -143,7 +108,7 @@ impl PyTopology {
             }
         }
         let t = py
-            .detach(|| Topology::new(gpu_count, &links, &levels, numa, nvswitch))
+            .detach(|| Topology::from_signed(gpu_count, &links, &levels, numa, nvswitch))
             .py()?;
         Ok(PyTopology::new_from(t))
     }
@@ -156,19 +121,12 @@ impl PyTopology {
 
     /// Direct NVLinks between GPUs `a` and `b` (0 when a == b).
     fn nvlinks(&self, a: i64, b: i64) -> PyResult<u32> {
-        let (a, b) = (check_index(&self.inner, a)?, check_index(&self.inner, b)?);
-        Ok(self.inner.nvlinks(a, b))
+        self.inner.try_nvlinks(a, b).py()
     }
 
     /// PCIe level between two distinct GPUs, e.g. "single-switch".
     fn pcie(&self, a: i64, b: i64) -> PyResult<&'static str> {
-        let (a, b) = (check_index(&self.inner, a)?, check_index(&self.inner, b)?);
-        if a == b {
-            return Err(topology_error(format!(
-                "GPU {a} has no PCIe path to itself"
-            )));
-        }
-        Ok(self.inner.pcie(a, b).name())
+        Ok(self.inner.try_pcie(a, b).py()?.name())
     }
 
     /// NUMA node of each GPU, or None when unknown.
@@ -208,8 +166,8 @@ impl PyTopology {
             .iter()
             .map(|((a, b), l)| format!("({a}, {b}): {l}"))
             .collect();
-        let levels: Vec<String> = self
-            .explicit_pcie()
+        let levels: Vec<String> = t
+            .explicit_pcie_pairs()
             .iter()
             .map(|((a, b), l)| format!("({a}, {b}): {:?}", l.name()))
             .collect();
@@ -236,7 +194,7 @@ impl PyTopology {
             links.set_item((a, b), l)?;
         }
         let levels = PyDict::new(py);
-        for ((a, b), l) in this.explicit_pcie() {
+        for ((a, b), l) in this.inner.explicit_pcie_pairs() {
             levels.set_item((a, b), l.name())?;
         }
         let args = (
