@@ -631,3 +631,46 @@ def test_forced_native_that_fails_to_start_is_a_serve_error(
         assert s.server.transport == "aio"
     finally:
         s.close()
+
+
+def listening_at(path: pathlib.Path) -> bool:
+    """A unix socket of any process is bound at ``path`` (/proc/net/unix names bound ones,
+    whether or not the path still exists)."""
+    with open("/proc/net/unix", encoding="utf-8", errors="replace") as f:
+        return any(line.split()[7:] == [str(path)] for line in f.readlines()[1:])
+
+
+def test_the_socket_removed_while_the_server_starts_is_a_serve_error(
+    dgx_h100: Node, root: pathlib.Path, transport: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A starting kubelet removes every socket in the directory: here, between gRPC's bind and
+    # gpulet's chmod. The bound server is released (gRPC aborts the process when a server with
+    # a bound socket is destroyed before it was shut down) and the server stays startable.
+    state = make_state(dgx_h100)
+    s = Served(state, root, transport=transport)
+    chmod = os.chmod
+    removed: list[str] = []
+
+    def kubelet_cleanup_then_chmod(path: Any, mode: int, **kwargs: Any) -> None:
+        if os.fspath(path) == os.fspath(s.server.path) and not removed:
+            removed.append(os.fspath(path))
+            os.unlink(path)
+        chmod(path, mode, **kwargs)
+
+    try:
+        monkeypatch.setattr(os, "chmod", kubelet_cleanup_then_chmod)
+        with pytest.raises(ServeError) as info:
+            s.start()
+        assert removed == [str(s.server.path)]
+        assert str(s.server.path) in str(info.value)
+        assert not s.server.serving
+        assert not s.server.path.exists()
+        # gRPC's listener is closed, not left open on a socket nobody can reach.
+        wait_until(lambda: not listening_at(s.server.path), "the listener closing")
+        monkeypatch.setattr(os, "chmod", chmod)
+        s.start()
+        assert listening_at(s.server.path)
+        with PluginClient(s.server.path) as client:
+            assert len(client.devices()) == 8
+    finally:
+        s.close()

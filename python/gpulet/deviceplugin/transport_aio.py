@@ -89,6 +89,7 @@ class AioTransport:
         self.name = name
         self._hub: ListAndWatchHub[_AioStream] = ListAndWatchHub(name, max_streams)
         self._server = grpc.aio.server(options=SERVER_OPTIONS)
+        self._bound = False
         self._started = False
         methods: dict[str, dict[str, grpc.RpcMethodHandler[bytes, bytes]]] = {}
         for path, fn in handlers.items():
@@ -111,6 +112,7 @@ class AioTransport:
             self._server.add_insecure_port(f"unix:{path}")
         except RuntimeError:  # gRPC's "Failed to bind" (its log says why)
             return False
+        self._bound = True
         return True
 
     async def start(self, latest: bytes) -> None:
@@ -119,8 +121,16 @@ class AioTransport:
         self._started = True
 
     async def discard(self) -> None:
-        if not self._started:
+        if self._started:
+            return
+        # gRPC releases a bound socket's listener only when a started server stops (a server
+        # never started is left to the garbage collector, which does not shut it down).
+        try:
+            if self._bound:
+                await self._server.start()
             await self._server.stop(None)
+        except Exception:  # nothing more to do: say so, keep the first error
+            log.warning("%s: the gRPC server could not be released", self.name, exc_info=True)
 
     async def stop(self, grace: float | None) -> None:
         for s in self._hub.snapshot():

@@ -252,7 +252,9 @@ class NativeTransport:
             self._server.register_completion_queue(self._cq)
         except Exception as e:
             raise NativeFailed(f"making the server failed: {type(e).__name__}: {e}") from e
-        self._started = False
+        self._bound = False  # a socket is bound (gRPC holds a listener)
+        self._core_started = False  # the gRPC server was started
+        self._started = False  # and this transport's thread serves it
         self._stopping = False
         self._shut_down = False
         self._destroyed = False
@@ -268,51 +270,51 @@ class NativeTransport:
             port = self._server.add_http2_port(f"unix:{path}".encode())
         except Exception as e:
             raise NativeFailed(f"binding failed: {type(e).__name__}: {e}") from e
-        return bool(port)
+        self._bound = bool(port)
+        return self._bound
 
     async def start(self, latest: bytes) -> None:
         self._hub.publish(latest)
         try:
+            self._core_started = True
             self._server.start()
-        except Exception as e:
-            await self.discard()
-            raise NativeFailed(f"starting the server failed: {type(e).__name__}: {e}") from e
-        self._started = True
-        try:
             with self._lock:
                 for _ in range(_REQUESTED_CALLS):
                     self._request_call()
-            self._thread = threading.Thread(
+            thread = threading.Thread(
                 target=self._run, name=f"gpulet-plugin-{self.name}", daemon=True
             )
-            self._thread.start()
+            thread.start()
         except Exception as e:
-            self._give_up()
+            await self.discard()
             raise NativeFailed(f"starting the server failed: {type(e).__name__}: {e}") from e
-
-    def _give_up(self) -> None:
-        """After a failed start of a started server: stop it listening as far as the layer
-        lets us. It is not destroyed (gRPC destroys a server only once its shutdown has been
-        seen on the queue, which nothing polls)."""
-        with self._lock:
-            self._stopping = True
-        try:
-            self._server.shutdown(self._cq, _SHUTDOWN)
-            self._server.cancel_all_calls()
-        except Exception:
-            log.debug("%s: the native server could not be shut down", self.name, exc_info=True)
-        self.done.set()
+        self._thread = thread
+        self._started = True
 
     async def discard(self) -> None:
         with self._lock:
             if self._started or self._destroyed:
                 return
             self._destroyed = True
-            try:
-                self._server.destroy()
-            except Exception:  # the layer is not what it should be: nothing more to do
-                log.debug("%s: the native server could not be destroyed", self.name, exc_info=True)
+            self._stopping = True
+        try:
+            await asyncio.to_thread(self._release)
+        except Exception:  # the layer is not what it should be: nothing more to do
+            log.warning("%s: the gRPC server could not be released", self.name, exc_info=True)
         self.done.set()
+
+    def _release(self) -> None:
+        """Destroy a server that this transport's thread does not serve. gRPC aborts the
+        process when a server holding a bound socket is destroyed before it was shut down,
+        and shuts down only a started server: such a server is started (no call is requested:
+        none is served), then destroyed, which shuts it down on grpcio's own queue and waits
+        for that."""
+        try:
+            if self._bound and not self._core_started:
+                self._core_started = True
+                self._server.start()
+        finally:
+            self._server.destroy()
 
     async def stop(self, grace: float | None) -> None:
         self._begin_stop()
