@@ -19,23 +19,24 @@ Device nodes are looked up under a *device root* (the host's ``/`` normally; a d
 simulation) and named by their path in the container; when the device root is not ``/``, each
 node carries its ``hostPath``.
 
-The spec is written atomically (:func:`write_spec`: temp file, fsync, rename, directory fsync),
-so a runtime never reads half a spec, and a crash leaves the old one or the new one.
+The spec is written atomically (:func:`write_spec`, through :func:`gpulet.files.write_atomic`:
+temp file, fsync, rename, directory fsync), so a runtime never reads half a spec, and a crash
+leaves the old one or the new one. Its directories are created with :data:`DIR_MODE` exactly
+(:func:`make_dirs`, both from ``gpulet.files``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import pathlib
 import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 from gpulet._core import Gpu, MigDevice, Node
+from gpulet.files import DIR_MODE, make_dirs, remove_durably, write_atomic
 
 __all__ = [
     "CDI_VERSION",
@@ -281,74 +282,18 @@ def write_spec(
 ) -> pathlib.Path:
     """Write ``spec`` as ``<cdi_root>/<name>`` atomically; returns the path.
 
-    The JSON goes to a temporary file in the same directory, which is flushed, fsynced, made
-    world-readable (runtimes read it) and renamed over the old spec; then the directory is
-    fsynced. On any error the temporary file is removed and the old spec stays.
+    Through :func:`gpulet.files.write_atomic`: the JSON goes to a temporary file in the same
+    directory, which is fsynced, made world-readable (runtimes read it) and renamed over the old
+    spec; then the directory is fsynced. Missing directories are created with :data:`DIR_MODE`.
+    On any error the temporary file is removed and the old spec stays.
     """
-    root = pathlib.Path(cdi_root)
-    make_dirs(root)
-    target = root / name
     data = (json.dumps(spec, indent=2, sort_keys=False) + "\n").encode("utf-8")
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=root)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(root)
-    return target
+    return write_atomic(pathlib.Path(cdi_root) / name, data, 0o644, dir_mode=DIR_MODE)
 
 
 def remove_spec(cdi_root: str | os.PathLike[str], name: str = SPEC_FILE) -> bool:
     """Remove the spec (returns whether it existed)."""
-    try:
-        os.unlink(pathlib.Path(cdi_root) / name)
-    except FileNotFoundError:
-        return False
-    _fsync_dir(pathlib.Path(cdi_root))
-    return True
-
-
-#: Mode of the directories gpulet creates for CDI specs: runtimes read them, only root writes.
-DIR_MODE = 0o755
-
-
-def make_dirs(path: pathlib.Path, mode: int = DIR_MODE) -> None:
-    """Create ``path`` and its missing parents with ``mode`` exactly, whatever the umask (an
-    inherited umask of 000 would otherwise leave them world-writable). Existing directories
-    keep their modes."""
-    missing: list[pathlib.Path] = []
-    p = path
-    while not p.exists():
-        missing.append(p)
-        if p.parent == p:
-            break
-        p = p.parent
-    for d in reversed(missing):
-        try:
-            os.mkdir(d, mode)
-        except FileExistsError:
-            continue
-        os.chmod(d, mode)
-
-
-def _fsync_dir(path: pathlib.Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    return remove_durably(pathlib.Path(cdi_root) / name)
 
 
 def spec_device_names(spec: Mapping[str, Any]) -> list[str]:

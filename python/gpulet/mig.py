@@ -49,7 +49,6 @@ from __future__ import annotations
 import os
 import pathlib
 import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeAlias
@@ -67,6 +66,7 @@ from gpulet.errors import (
     MigLayoutError,
     UnknownModelError,
 )
+from gpulet.files import write_atomic
 
 __all__ = [
     "Layout",
@@ -426,19 +426,9 @@ def format_mig_parted(config: MigPartedConfig) -> str:
 
 
 def write_mig_parted(config: MigPartedConfig, path: str | os.PathLike[str]) -> None:
-    """Write the config to ``path`` atomically (temp file, fsync, rename)."""
-    p = pathlib.Path(path)
-    text = format_mig_parted(config)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write the config to ``path`` atomically and durably (:func:`gpulet.files.write_atomic`:
+    temp file, fsync, rename, directory fsync; world-readable, missing directories created)."""
+    write_atomic(path, format_mig_parted(config).encode("utf-8"))
 
 
 class _GpuLike(Protocol):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import pathlib
+import stat
 from collections import Counter
 from dataclasses import dataclass
 
@@ -94,6 +97,37 @@ def test_round_trip_through_text_and_file(tmp_path: pathlib.Path) -> None:
     )
     assert one.configs["x"][0].device_filter == "0x233010DE"
     assert parse_mig_parted(format_mig_parted(one)) == one
+
+
+def test_writing_is_atomic_and_durable(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c = parse_mig_parted(EXAMPLE)
+    path = tmp_path / "config.yaml"
+    path.write_text("old", encoding="utf-8")
+    synced: list[bool] = []
+    real_fsync = os.fsync
+
+    def recording(fd: int) -> None:
+        synced.append(stat.S_ISDIR(os.fstat(fd).st_mode))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording)
+    write_mig_parted(c, path)
+    # The file, then the directory that holds the rename.
+    assert synced == [False, True]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert read_mig_parted(path) == c
+
+    def no_space(*args: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(OSError, match="No space left"):
+        write_mig_parted(mig_parted_config("x", [None]), path)
+    monkeypatch.undo()
+    assert read_mig_parted(path) == c
+    assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]
 
 
 @pytest.mark.parametrize(
