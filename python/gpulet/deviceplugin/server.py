@@ -10,9 +10,10 @@ may be called again.
 
 The transport (:mod:`gpulet.deviceplugin.transport`): ``native`` handles every call of a
 resource on one thread that polls grpcio's private low-level layer (``grpc._cython.cygrpc``)
-itself, some 30% faster per call than the stock servers (benches/RESULTS.md, "Device plugin");
-``aio`` is ``grpc.aio.server`` with generic handlers, grpcio's public API only. Both move the
-servicer's bytes unchanged and take the bounds and ListAndWatch rules from one place. At start
+itself, with a quarter less latency and half the server CPU per call of the stock servers
+(docs/device-plugin.md, "Transport"); ``aio`` is ``grpc.aio.server`` with generic handlers,
+grpcio's public API only. Both move the servicer's bytes unchanged and take the bounds and
+ListAndWatch rules from one place. At start
 ``native`` is used when the private layer has every name it uses with the signatures it needs
 (:func:`gpulet.deviceplugin.transport_native.check`, once per process); on a mismatch, or when
 the native server fails to start for a reason that is not the socket's, one warning names
