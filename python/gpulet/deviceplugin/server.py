@@ -14,10 +14,11 @@ itself, with a quarter less latency and half the server CPU per call of the stoc
 (docs/device-plugin.md, "Transport"); ``aio`` is ``grpc.aio.server`` with generic handlers,
 grpcio's public API only. Both move the servicer's bytes unchanged and take the bounds and
 ListAndWatch rules from one place. At start ``native`` is used when the private layer has
-every name it uses with the signatures it needs (:func:`gpulet.deviceplugin.transport_native.
-check`, once per process); on a mismatch, or when the native server fails to start for a reason
-that is not the socket's, one warning names grpcio's version and why, and ``aio`` serves from
-then on. :data:`TRANSPORT_ENV` (``GPULET_GRPC_TRANSPORT=native|aio``) forces one.
+every name it uses with the signatures it needs (checked once per process:
+:func:`gpulet.deviceplugin.transport_native.check`); on a mismatch, or when the native server
+fails to start for a reason that is not the socket's, one warning names grpcio's version and
+why, and ``aio`` serves from then on. :data:`TRANSPORT_ENV` (``GPULET_GRPC_TRANSPORT=native|aio``)
+forces one.
 
 ListAndWatch streams are bounded: at most :data:`MAX_LIST_AND_WATCH_STREAMS` open per resource
 (the kubelet opens one; another stream beyond the cap is refused with ``RESOURCE_EXHAUSTED``:
