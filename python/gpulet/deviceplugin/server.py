@@ -366,7 +366,7 @@ class PluginServer:
             self._publish(transport), name=f"gpulet-list-{self.resource.name}"
         )
         self.starts += 1
-        log.info("serving %s on %s (%s transport)", self.resource.name, self.path, kind)
+        log.info("serving %s on %s (%s transport)", self.resource.name, self.path, transport.kind)
 
     async def _serve(self, kind: str) -> tuple[Transport, os.stat_result]:
         """A started transport of ``kind`` on the socket, and the socket's status. Raises
