@@ -5,6 +5,8 @@
   preferred allocation, attribution and release from PodResources.
 - ``responses``: what an Allocate response tells the runtime (device-list strategies).
 - ``servicer``, ``server``: the gRPC service of one resource and its unix-socket server.
+- ``transport``, ``transport_native``, ``transport_aio``: the rules shared by the server's two
+  transports, and each transport.
 - ``registration``: ``Register`` with the kubelet.
 - ``podresources``: the PodResources client used for attribution and release.
 
