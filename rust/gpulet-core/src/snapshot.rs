@@ -9,8 +9,9 @@ use crate::error::{CoreError, Result};
 use serde::{Deserialize, Serialize};
 
 pub const SCHEMA_NAME: &str = "gpulet.ledger";
-/// The version this build writes.
-pub const SCHEMA_VERSION: u32 = 1;
+/// The version this build writes. 2: sequence numbers and pending owners, replicas of MIG
+/// slices, MIG devices without a placement (the ledger reads version 1 too).
+pub const SCHEMA_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Envelope {
@@ -69,6 +70,10 @@ mod tests {
             .to_string()
             .contains("version 99"));
         let foreign = br#"{"schema":"other","version":1,"body":{}}"#;
+        let zero = br#"{"schema":"gpulet.ledger","version":0,"body":{}}"#;
+        assert!(decode(zero).is_err());
+        let old = br#"{"schema":"gpulet.ledger","version":1,"body":{}}"#;
+        assert_eq!(decode(old).unwrap().version, 1);
         assert!(decode(foreign).is_err());
         assert!(decode(b"{half").is_err());
     }

@@ -288,17 +288,42 @@ fn device_from(obj: &Bound<'_, PyAny>) -> PyResult<Device> {
         return Device::parse(s.to_str()?).py();
     }
     if let Ok(t) = obj.cast::<PyTuple>() {
-        if let Ok((parent, profile_id, start)) = t.extract::<(String, i64, i64)>() {
+        let slice = |profile_id: i64, start: i64| -> PyResult<(u32, u32)> {
             let id = u32::try_from(profile_id)
                 .map_err(|_| invalid(format!("MIG profile id {profile_id} is out of range")))?;
             let start = u32::try_from(start)
                 .map_err(|_| invalid(format!("MIG placement start {start} is out of range")))?;
-            return Ok(Device::mig(parent, id, start));
+            Ok((id, start))
+        };
+        match t.len() {
+            3 => {
+                if let Ok((parent, profile_id, start)) = t.extract::<(String, i64, i64)>() {
+                    let (id, start) = slice(profile_id, start)?;
+                    return Ok(Device::mig(parent, id, start));
+                }
+            }
+            4 => {
+                if let Ok((parent, profile_id, start, index)) =
+                    t.extract::<(String, i64, i64, i64)>()
+                {
+                    let (id, start) = slice(profile_id, start)?;
+                    let index = u32::try_from(index)
+                        .map_err(|_| invalid(format!("MIG replica {index} is out of range")))?;
+                    return Ok(Device::mig_replica(parent, id, start, index));
+                }
+            }
+            2 => {
+                if let Ok((parent, id)) = t.extract::<(String, String)>() {
+                    return Ok(Device::mig_unplaced(parent, id));
+                }
+            }
+            _ => {}
         }
     }
     Err(PyTypeError::new_err(format!(
-        "a device is a GPU UUID, a replica \"<UUID>::<n>\" or a MIG slice (parent UUID, profile \
-         id, start), got {}",
+        "a device is a GPU UUID, a replica \"<UUID>::<n>\", a MIG slice (parent UUID, profile \
+         id, start), a replica of one (parent UUID, profile id, start, replica) or a MIG device \
+         without a placement (parent UUID, device ID), got {}",
         obj.repr().map(|r| r.to_string()).unwrap_or_default()
     )))
 }
@@ -321,6 +346,19 @@ fn device_to_py(py: Python<'_>, d: &Device) -> PyResult<Py<PyAny>> {
             profile_id,
             start,
         } => (parent.as_str(), *profile_id, *start)
+            .into_pyobject(py)?
+            .into_any()
+            .unbind(),
+        Device::MigReplica {
+            parent,
+            profile_id,
+            start,
+            index,
+        } => (parent.as_str(), *profile_id, *start, *index)
+            .into_pyobject(py)?
+            .into_any()
+            .unbind(),
+        Device::MigUnplaced { parent, id } => (parent.as_str(), id.as_str())
             .into_pyobject(py)?
             .into_any()
             .unbind(),
@@ -440,6 +478,7 @@ impl PyLedger {
                 replicas,
                 model,
                 serves,
+                mig_replicas: Vec::new(),
             })
             .py()
     }

@@ -25,6 +25,20 @@ pub enum Device {
         profile_id: u32,
         start: u32,
     },
+    /// Shared replica `index` of a MIG slice (a time-sliced MIG device, `<MIG UUID>::<index>`
+    /// on the device-plugin wire). While any replica is held, the slice is held for all of
+    /// them.
+    MigReplica {
+        parent: String,
+        profile_id: u32,
+        start: u32,
+        index: u32,
+    },
+    /// A MIG device the ledger cannot place, named by its device-plugin ID (a MIG UUID or a
+    /// replica of one): NVML gave no placement for it, its GPU's model is unknown, or it is a
+    /// compute instance smaller than its GPU instance. It splits its GPU into MIG devices like
+    /// a slice, but its memory slices are unknown, so it is checked against no other slice.
+    MigUnplaced { parent: String, id: String },
 }
 
 impl Device {
@@ -44,6 +58,24 @@ impl Device {
             parent: parent.into(),
             profile_id,
             start,
+        }
+    }
+
+    /// Replica `index` of a MIG slice.
+    pub fn mig_replica(parent: impl Into<String>, profile_id: u32, start: u32, index: u32) -> Self {
+        Device::MigReplica {
+            parent: parent.into(),
+            profile_id,
+            start,
+            index,
+        }
+    }
+
+    /// A MIG device without a placement, by its device-plugin ID.
+    pub fn mig_unplaced(parent: impl Into<String>, id: impl Into<String>) -> Self {
+        Device::MigUnplaced {
+            parent: parent.into(),
+            id: id.into(),
         }
     }
 
@@ -74,8 +106,32 @@ impl Device {
     pub fn parent(&self) -> &str {
         match self {
             Device::Gpu { uuid } | Device::Replica { uuid, .. } => uuid,
-            Device::Mig { parent, .. } => parent,
+            Device::Mig { parent, .. }
+            | Device::MigReplica { parent, .. }
+            | Device::MigUnplaced { parent, .. } => parent,
         }
+    }
+
+    /// The MIG slice a MIG replica belongs to (`None` for other devices).
+    pub fn slice(&self) -> Option<Device> {
+        match self {
+            Device::MigReplica {
+                parent,
+                profile_id,
+                start,
+                ..
+            } => Some(Device::mig(parent.clone(), *profile_id, *start)),
+            _ => None,
+        }
+    }
+
+    /// A part of a GPU split into MIG devices (a slice, a replica of one, or an unplaced MIG
+    /// device).
+    pub fn is_mig(&self) -> bool {
+        matches!(
+            self,
+            Device::Mig { .. } | Device::MigReplica { .. } | Device::MigUnplaced { .. }
+        )
     }
 }
 
@@ -94,6 +150,16 @@ impl fmt::Display for Device {
                     "MIG slice (profile {profile_id}, start {start}) of {parent}"
                 )
             }
+            Device::MigReplica {
+                parent,
+                profile_id,
+                start,
+                index,
+            } => write!(
+                f,
+                "replica {index} of MIG slice (profile {profile_id}, start {start}) of {parent}"
+            ),
+            Device::MigUnplaced { parent, id } => write!(f, "MIG device {id} of {parent}"),
         }
     }
 }
@@ -256,6 +322,17 @@ mod tests {
         assert!(Device::parse("::3").is_err());
         assert!(Device::parse("").is_err());
         assert_eq!(Device::mig("GPU-1", 9, 4).parent(), "GPU-1");
+        assert_eq!(Device::mig_replica("GPU-1", 9, 4, 1).parent(), "GPU-1");
+        assert_eq!(
+            Device::mig_replica("GPU-1", 9, 4, 1).to_string(),
+            "replica 1 of MIG slice (profile 9, start 4) of GPU-1"
+        );
+        assert_eq!(
+            Device::mig_unplaced("GPU-1", "MIG-a").to_string(),
+            "MIG device MIG-a of GPU-1"
+        );
+        assert!(Device::mig_unplaced("GPU-1", "MIG-a").is_mig());
+        assert!(!Device::replica("GPU-1", 0).is_mig());
         let o = Owner::container(Path::DevicePlugin, "ns", "p", "c", Some("u".into()));
         assert_eq!(
             o.to_string(),
@@ -276,6 +353,21 @@ mod tests {
         );
         let back: Device = serde_json::from_value(d).unwrap();
         assert_eq!(back, Device::mig("GPU-1", 9, 4));
+        let r = serde_json::to_value(Device::mig_replica("GPU-1", 9, 4, 2)).unwrap();
+        assert_eq!(
+            r,
+            serde_json::json!({"kind": "mig-replica", "parent": "GPU-1", "profile_id": 9,
+                               "start": 4, "index": 2})
+        );
+        let u = serde_json::to_value(Device::mig_unplaced("GPU-1", "MIG-a::0")).unwrap();
+        assert_eq!(
+            u,
+            serde_json::json!({"kind": "mig-unplaced", "parent": "GPU-1", "id": "MIG-a::0"})
+        );
+        assert_eq!(
+            serde_json::from_value::<Device>(r).unwrap().slice(),
+            Some(Device::mig("GPU-1", 9, 4))
+        );
         let bad = serde_json::json!({"kind": "gpu", "uuid": "GPU-1", "extra": 1});
         assert!(serde_json::from_value::<Device>(bad).is_err());
         assert_eq!(

@@ -4,7 +4,8 @@
 //! - [`preferred`]: preferred allocation of whole GPUs, exact and prepared once per topology.
 //! - [`baseline`]: go-gpuallocator's partition enumeration, for tests and benches only.
 //! - [`replicas`]: choosing shared replicas or MIG devices for one request.
-//! - [`ledger`]: who holds which GPU, MIG slice and replica, with versioned snapshots.
+//! - [`ledger`]: who holds which GPU, MIG slice and replica (the device plugin's pending
+//!   allocations and their attribution included), with versioned snapshots.
 
 pub mod baseline;
 pub mod ids;
@@ -14,7 +15,11 @@ pub mod replicas;
 pub mod score;
 
 pub use ids::{Device, Owner, OwnerKind, Path};
-pub use ledger::{GpuRegistration, GpuUsage, Ledger, Utilisation};
+pub use ledger::{pending_owner, shared_owner};
+pub use ledger::{
+    Allocation, GpuRegistration, GpuUsage, Ledger, MigReplicas, PendingAllocation, Reconciliation,
+    Utilisation, PENDING_NAMESPACE, SHARED_NAMESPACE,
+};
 pub use preferred::{allocator_for, preferred, preferred_with, Allocator, Policy, MAX_EXACT_GPUS};
 pub use replicas::{select_replicas, ReplicaPolicy, ReplicaRequest};
 pub use score::{pair_score, score};

@@ -339,6 +339,7 @@ fn registration(uuid: &str, replicas: u32, model: Option<&str>) -> GpuRegistrati
         replicas,
         model: model.map(String::from),
         serves: None,
+        mig_replicas: Vec::new(),
     }
 }
 
@@ -588,7 +589,7 @@ fn ledger_snapshot_round_trip_and_refusals() {
 
     // Corrupted, newer, inconsistent: refused, and the ledger keeps its state.
     let text = String::from_utf8(snap.clone()).unwrap();
-    let newer = text.replace("\"version\":1", "\"version\":2");
+    let newer = text.replace("\"version\":2", "\"version\":3");
     let conflicting = text.replace("\"index\":3", "\"index\":0");
     let unknown = text.replacen("\"replicas\":4", "\"replicas\":2", 1);
     for bad in [
@@ -636,7 +637,41 @@ fn arb_device() -> impl Strategy<Value = Device> {
             ])
         )
             .prop_map(|(g, (p, s))| Device::mig(format!("GPU-{g}"), p, s)),
+        (
+            0..4usize,
+            prop::sample::select(vec![(9, 4), (19, 0), (9, 0)]),
+            0..3u32
+        )
+            .prop_map(|(g, (p, s), i)| Device::mig_replica(format!("GPU-{g}"), p, s, i)),
+        (0..4usize, prop::sample::select(vec!["MIG-a", "MIG-b::0"]))
+            .prop_map(|(g, id)| Device::mig_unplaced(format!("GPU-{g}"), id)),
     ]
+}
+
+/// GPUs 0-3 of the random operations: 1 and 3 shared as 3 replicas, 2 and 3 A100s with
+/// 3g.20gb at 4 shared as 3 replicas and 1g.5gb at 0 as 2.
+fn random_node() -> Ledger {
+    let l = Ledger::new();
+    for g in 0..4 {
+        let model = (g >= 2).then_some("A100-SXM4-40GB");
+        let mut reg = registration(&format!("GPU-{g}"), if g % 2 == 1 { 3 } else { 0 }, model);
+        if g >= 2 {
+            reg.mig_replicas = vec![
+                MigReplicas {
+                    profile_id: 19,
+                    start: 0,
+                    replicas: 2,
+                },
+                MigReplicas {
+                    profile_id: 9,
+                    start: 4,
+                    replicas: 3,
+                },
+            ];
+        }
+        l.register_gpu(&reg).unwrap();
+    }
+    l
 }
 
 fn arb_op() -> impl Strategy<Value = Op> {
@@ -681,10 +716,40 @@ fn check_invariants(l: &Ledger) {
                 continue;
             }
             assert_eq!(oa.path, ob.path, "{a} and {b} on one GPU through two paths");
+            let disjoint = |(p, s): (u32, u32), (q, t): (u32, u32)| {
+                let (a0, a1) = span(p, s);
+                let (b0, b1) = span(q, t);
+                a1 <= b0 || b1 <= a0
+            };
             let ok = match (a, b) {
                 (Device::Replica { index: x, .. }, Device::Replica { index: y, .. }) => x != y,
                 (
+                    Device::MigReplica {
+                        profile_id: p,
+                        start: s,
+                        index: x,
+                        ..
+                    },
+                    Device::MigReplica {
+                        profile_id: q,
+                        start: t,
+                        index: y,
+                        ..
+                    },
+                ) => {
+                    if (p, s) == (q, t) {
+                        x != y
+                    } else {
+                        disjoint((*p, *s), (*q, *t))
+                    }
+                }
+                (
                     Device::Mig {
+                        profile_id: p,
+                        start: s,
+                        ..
+                    }
+                    | Device::MigReplica {
                         profile_id: p,
                         start: s,
                         ..
@@ -693,11 +758,16 @@ fn check_invariants(l: &Ledger) {
                         profile_id: q,
                         start: t,
                         ..
+                    }
+                    | Device::MigReplica {
+                        profile_id: q,
+                        start: t,
+                        ..
                     },
-                ) => {
-                    let (a0, a1) = span(*p, *s);
-                    let (b0, b1) = span(*q, *t);
-                    a1 <= b0 || b1 <= a0
+                ) => disjoint((*p, *s), (*q, *t)),
+                (Device::MigUnplaced { id: x, .. }, Device::MigUnplaced { id: y, .. }) => x != y,
+                (Device::MigUnplaced { .. }, m) | (m, Device::MigUnplaced { .. }) => {
+                    matches!(m, Device::Mig { .. } | Device::MigReplica { .. })
                 }
                 _ => false,
             };
@@ -720,12 +790,45 @@ fn check_invariants(l: &Ledger) {
             .filter(|d| matches!(d, Device::Replica { .. }))
             .count()
     );
+    let shared_slices: std::collections::HashSet<Device> =
+        seen.keys().filter_map(Device::slice).collect();
+    for slice in &shared_slices {
+        let h = l.holder_of(slice).unwrap().expect("a shared slice is held");
+        assert!(
+            matches!(&h.kind, OwnerKind::Container { namespace, .. } if namespace == SHARED_NAMESPACE),
+            "{slice} held by {h}"
+        );
+    }
     assert_eq!(
         u.mig_slices_held,
         seen.keys()
             .filter(|d| matches!(d, Device::Mig { .. }))
             .count()
+            + shared_slices.len()
     );
+    assert_eq!(
+        u.mig_replicas_held,
+        seen.keys()
+            .filter(|d| matches!(d, Device::MigReplica { .. }))
+            .count()
+    );
+    // Sequence numbers: unique, at most the mark; pending owners are device-plugin containers.
+    let allocations = l.allocations(None);
+    assert_eq!(allocations.len(), holdings.len());
+    let mut seqs: Vec<u64> = allocations.iter().map(|a| a.seq).collect();
+    seqs.dedup();
+    assert_eq!(
+        seqs.len(),
+        allocations.len(),
+        "sorted by unique sequence numbers"
+    );
+    assert!(seqs.iter().all(|&s| s >= 1 && s <= l.mark()));
+    for a in &allocations {
+        assert_eq!(l.devices_of(&a.owner), a.devices);
+        if a.pending {
+            assert_eq!(a.owner.path, Path::DevicePlugin);
+        }
+    }
     assert_eq!(
         u.gpus_held_whole,
         seen.keys()
@@ -740,11 +843,7 @@ proptest! {
 
     #[test]
     fn ledger_random_operations_keep_invariants(ops in prop::collection::vec(arb_op(), 1..40)) {
-        let l = Ledger::new();
-        for g in 0..4 {
-            let model = (g >= 2).then_some("A100-SXM4-40GB");
-            l.register_gpu(&registration(&format!("GPU-{g}"), if g % 2 == 1 { 3 } else { 0 }, model)).unwrap();
-        }
+        let l = random_node();
         for op in ops {
             let before = l.snapshot();
             match op {
@@ -818,4 +917,837 @@ fn ledger_is_thread_safe() {
     let total: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
     assert!(total > 0);
     check_invariants(&l);
+}
+
+// ---- replicas of MIG slices, MIG devices without a placement ----
+
+/// An A100 (GPU-2 of [`ledger`]) with 3g.20gb at 4 shared as 3 replicas.
+fn shared_mig_ledger() -> Ledger {
+    let l = ledger();
+    let mut reg = registration("GPU-2", 0, Some("A100-SXM4-40GB"));
+    reg.mig_replicas = vec![MigReplicas {
+        profile_id: 9,
+        start: 4,
+        replicas: 3,
+    }];
+    l.register_gpu(&reg).unwrap();
+    l
+}
+
+fn is_shared_owner(o: &Owner) -> bool {
+    matches!(&o.kind, OwnerKind::Container { namespace, .. } if namespace == SHARED_NAMESPACE)
+}
+
+#[test]
+fn ledger_mig_replicas_hold_their_slice_for_all_of_them() {
+    let l = shared_mig_ledger();
+    let slice = Device::mig("GPU-2", 9, 4);
+    let r = |i| Device::mig_replica("GPU-2", 9, 4, i);
+    l.allocate(&pod("a"), &[r(0)]).unwrap();
+    l.allocate(&pod("b"), &[r(1), r(2)]).unwrap();
+    assert_eq!(l.holder_of(&r(1)).unwrap(), Some(pod("b")));
+    let shared = l.holder_of(&slice).unwrap().unwrap();
+    assert!(is_shared_owner(&shared), "{shared}");
+    assert_eq!(
+        shared.to_string(),
+        "container gpulet-shared/GPU-2/mig-9-4 via device-plugin"
+    );
+    // The shared owner is no holding: not listed, not counted, cannot be released.
+    assert!(l.holdings().iter().all(|(o, _)| !is_shared_owner(o)));
+    assert_eq!(l.utilisation().owners, 2);
+    assert!(l.release(&shared).is_empty());
+    let e = l.allocate(&shared, &[Device::gpu("GPU-0")]).unwrap_err();
+    assert!(e.to_string().contains("reserved"), "{e}");
+    // Each replica by one owner; the slice, the GPU and overlapping slices are taken.
+    for (owner, devices, needle) in [
+        (pod("c"), vec![r(1)], "is held by container default/b/main"),
+        (
+            claim("x"),
+            vec![slice.clone()],
+            "shared as replicas (replica 0 of MIG",
+        ),
+        (
+            pod("c"),
+            vec![Device::gpu("GPU-2")],
+            "split into MIG slices",
+        ),
+        (
+            pod("c"),
+            vec![Device::mig("GPU-2", 0, 0)],
+            "overlaps MIG slice (profile 9, start 4)",
+        ),
+        (
+            claim("x"),
+            vec![Device::mig("GPU-2", 19, 0)],
+            "device-plugin path",
+        ),
+    ] {
+        let e = l.allocate(&owner, &devices).unwrap_err();
+        assert!(matches!(e, CoreError::Conflict(_)), "{e}");
+        assert!(e.to_string().contains(needle), "{e}");
+    }
+    let u = &l.usage()[2];
+    assert_eq!(
+        (u.mig_slices_held, u.mig_replicas, u.mig_replicas_held),
+        (1, 3, 3)
+    );
+    assert_eq!(l.utilisation().mig_replicas_held, 3);
+    // The slice stays held until its last replica is released.
+    l.release(&pod("b"));
+    assert_eq!(l.holder_of(&slice).unwrap(), Some(shared.clone()));
+    assert_eq!(
+        l.free_devices(None)
+            .into_iter()
+            .filter(|d| matches!(d, Device::MigReplica { .. }))
+            .collect::<Vec<_>>(),
+        vec![r(1), r(2)]
+    );
+    l.release(&pod("a"));
+    assert_eq!(l.holder_of(&slice).unwrap(), None);
+    assert_eq!(l.utilisation().mig_slices_held, 0);
+    // Held whole, the slice refuses its replicas.
+    l.allocate(&pod("d"), std::slice::from_ref(&slice)).unwrap();
+    let e = l.allocate(&pod("a"), &[r(0)]).unwrap_err().to_string();
+    assert!(e.contains("is not free: MIG slice (profile 9, start 4) of GPU-2 is held by container default/d/main"), "{e}");
+}
+
+#[test]
+fn ledger_mig_replicas_unknown_and_contradictory() {
+    let l = shared_mig_ledger();
+    let a = pod("a");
+    for (devices, needle) in [
+        (
+            vec![Device::mig_replica("GPU-2", 9, 4, 3)],
+            "has replicas 0 to 2",
+        ),
+        (vec![Device::mig_replica("GPU-2", 9, 0, 0)], "is not shared"),
+        (vec![Device::mig_replica("GPU-2", 9, 2, 0)], "cannot start"),
+        (
+            vec![Device::mig_replica("GPU-0", 9, 4, 0)],
+            "without its model",
+        ),
+        (
+            vec![
+                Device::mig("GPU-2", 9, 4),
+                Device::mig_replica("GPU-2", 9, 4, 0),
+            ],
+            "and its replica 0",
+        ),
+        (
+            vec![
+                Device::mig("GPU-2", 19, 5),
+                Device::mig_replica("GPU-2", 9, 4, 0),
+            ],
+            "overlap",
+        ),
+        (
+            vec![Device::gpu("GPU-2"), Device::mig_replica("GPU-2", 9, 4, 0)],
+            "whole and also",
+        ),
+        (
+            vec![
+                Device::replica("GPU-1", 0),
+                Device::mig_unplaced("GPU-1", "MIG-x"),
+            ],
+            "not both",
+        ),
+        (vec![Device::mig_unplaced("GPU-1", "")], "device-plugin ID"),
+    ] {
+        let e = l.allocate(&a, &devices).unwrap_err();
+        assert!(
+            matches!(e, CoreError::InvalidArgument(_)),
+            "{devices:?}: {e}"
+        );
+        assert!(e.to_string().contains(needle), "{e}");
+    }
+    assert_eq!(l.utilisation().owners, 0);
+    // Registration: the slice must exist, have 1 to MAX_REPLICAS replicas, be named once.
+    let mut reg = registration("GPU-9", 0, Some("A100-SXM4-40GB"));
+    for (mig_replicas, needle) in [
+        (vec![(9, 2, 2)], "cannot start"),
+        (vec![(9, 4, 0)], "1 to 4096"),
+        (vec![(9, 4, 2), (9, 4, 3)], "twice"),
+    ] {
+        reg.mig_replicas = mig_replicas
+            .into_iter()
+            .map(|(profile_id, start, replicas)| MigReplicas {
+                profile_id,
+                start,
+                replicas,
+            })
+            .collect();
+        let e = l.register_gpu(&reg).unwrap_err().to_string();
+        assert!(e.contains(needle), "{e}");
+    }
+    let mut no_model = registration("GPU-9", 0, None);
+    no_model.mig_replicas = vec![MigReplicas {
+        profile_id: 9,
+        start: 4,
+        replicas: 2,
+    }];
+    assert!(l.register_gpu(&no_model).is_err());
+    // Other replica counts while a replica is held: refused.
+    l.allocate(&a, &[Device::mig_replica("GPU-2", 9, 4, 0)])
+        .unwrap();
+    let mut other = registration("GPU-2", 0, Some("A100-SXM4-40GB"));
+    other.mig_replicas = vec![MigReplicas {
+        profile_id: 9,
+        start: 4,
+        replicas: 5,
+    }];
+    assert!(matches!(
+        l.register_gpu(&other),
+        Err(CoreError::Conflict(_))
+    ));
+}
+
+#[test]
+fn ledger_mig_devices_without_a_placement() {
+    let l = ledger();
+    let u = |g: &str, id: &str| Device::mig_unplaced(g, id);
+    l.allocate(&pod("a"), &[u("GPU-2", "MIG-a")]).unwrap();
+    l.allocate(
+        &pod("b"),
+        &[u("GPU-2", "MIG-b::0"), Device::mig("GPU-2", 19, 0)],
+    )
+    .unwrap();
+    assert_eq!(l.holder_of(&u("GPU-2", "MIG-a")).unwrap(), Some(pod("a")));
+    assert_eq!(l.holder_of(&u("GPU-2", "MIG-c")).unwrap(), None);
+    let e = l.allocate(&pod("c"), &[u("GPU-2", "MIG-a")]).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("MIG device MIG-a of GPU-2 is held by container default/a/main"),
+        "{e}"
+    );
+    let e = l.allocate(&pod("c"), &[Device::gpu("GPU-2")]).unwrap_err();
+    assert!(e.to_string().contains("split into MIG slices"), "{e}");
+    // On a GPU shared as replicas: the one excludes the other.
+    l.allocate(&pod("c"), &[Device::replica("GPU-1", 0)])
+        .unwrap();
+    let e = l.allocate(&pod("d"), &[u("GPU-1", "MIG-z")]).unwrap_err();
+    assert!(e.to_string().contains("shared as replicas"), "{e}");
+    l.release(&pod("c"));
+    l.allocate(&pod("d"), &[u("GPU-1", "MIG-z")]).unwrap();
+    let e = l
+        .allocate(&pod("c"), &[Device::replica("GPU-1", 0)])
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("MIG device MIG-z of GPU-1 is held by"),
+        "{e}"
+    );
+    assert!(!l.free_devices(None).contains(&Device::replica("GPU-1", 0)));
+    assert_eq!(l.utilisation().gpus_shared, 2);
+    l.release(&pod("d"));
+    assert!(l.free_devices(None).contains(&Device::gpu("GPU-1")));
+}
+
+// ---- the device plugin's pending allocations, attribution, release ----
+
+fn gpu(i: usize) -> Device {
+    Device::gpu(format!("GPU-{i}"))
+}
+
+/// Eight whole GPUs, the first two served by DRA only.
+fn dp_ledger() -> Ledger {
+    let l = Ledger::new();
+    for g in 0..8 {
+        l.register_gpu(&registration(&format!("GPU-{g}"), 0, None))
+            .unwrap();
+    }
+    l
+}
+
+fn container(ns: &str, pod: &str) -> Owner {
+    Owner::container(Path::DevicePlugin, ns, pod, "main", None)
+}
+
+const RES: &str = "nvidia.com/gpu";
+
+#[test]
+fn pending_allocations_repeats_and_sequence() {
+    let l = dp_ledger();
+    assert_eq!(l.mark(), 0);
+    let got = l.allocate_pending(RES, vec![vec![gpu(1), gpu(0)]]).unwrap();
+    let owner = pending_owner(RES, 1);
+    assert_eq!(*got[0].owner, owner);
+    assert_eq!(
+        owner.to_string(),
+        "container gpulet-pending/allocate-1/nvidia.com/gpu via device-plugin"
+    );
+    assert!(!got[0].repeat);
+    assert_eq!(l.devices_of(&owner), vec![gpu(0), gpu(1)]);
+    assert_eq!(l.mark(), 1);
+    let snap = l.snapshot();
+    // The same devices, or some of them: a repeat, nothing recorded.
+    for again in [vec![gpu(0), gpu(1)], vec![gpu(1)]] {
+        let got = l.allocate_pending(RES, vec![again]).unwrap();
+        assert!(got[0].repeat);
+        assert_eq!(*got[0].owner, owner);
+    }
+    assert_eq!(l.snapshot(), snap);
+    // Some held, some free: the kubelet reassigned them; the old owner is gone.
+    let got = l.allocate_pending(RES, vec![vec![gpu(1), gpu(2)]]).unwrap();
+    assert_eq!(got[0].released, vec![(owner.clone(), vec![gpu(0), gpu(1)])]);
+    assert_eq!(l.holder_of(&gpu(0)).unwrap(), None);
+    assert_eq!(*got[0].owner, pending_owner(RES, 2));
+    // Several containers in one call: in order, so a later one may take an earlier's devices.
+    let got = l
+        .allocate_pending(RES, vec![vec![gpu(3)], vec![gpu(4)], vec![gpu(3)]])
+        .unwrap();
+    assert_eq!(
+        got.iter().map(|p| p.repeat).collect::<Vec<_>>(),
+        vec![false, false, true]
+    );
+    let allocations = l.allocations(Some(Path::DevicePlugin));
+    assert_eq!(
+        allocations
+            .iter()
+            .map(|a| (a.seq, a.pending, a.devices.clone()))
+            .collect::<Vec<_>>(),
+        vec![
+            (2, true, vec![gpu(1), gpu(2)]),
+            (3, true, vec![gpu(3)]),
+            (4, true, vec![gpu(4)])
+        ]
+    );
+}
+
+#[test]
+fn pending_allocations_are_all_or_nothing() {
+    let l = dp_ledger();
+    l.allocate(&claim("c"), &[gpu(0)]).unwrap();
+    l.allocate_pending(RES, vec![vec![gpu(1), gpu(2)]]).unwrap();
+    let before = (l.snapshot(), l.mark());
+    // A DRA owner's device is a conflict, not a reassignment: nothing is released, not even
+    // by the earlier containers of the call.
+    for requests in [
+        vec![vec![gpu(2), gpu(0)]],
+        vec![vec![gpu(2), gpu(3)], vec![gpu(0)]],
+        vec![vec![gpu(3)], vec![gpu(9)]],
+        vec![vec![gpu(3)], vec![]],
+    ] {
+        let e = l.allocate_pending(RES, requests.clone()).unwrap_err();
+        assert!(
+            matches!(e, CoreError::Conflict(_) | CoreError::InvalidArgument(_)),
+            "{e}"
+        );
+        assert_eq!((l.snapshot(), l.mark()), before, "{requests:?}");
+    }
+    let e = l
+        .allocate_pending(RES, vec![vec![gpu(0)]])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("GPU-0 is held by claim c via dra"), "{e}");
+    assert!(l.allocate_pending("", vec![vec![gpu(3)]]).is_err());
+    // An attributed device-plugin owner is released like a pending one.
+    let listed = vec![(container("ns", "x"), vec![gpu(1), gpu(2)])];
+    l.reconcile(listed, l.mark()).unwrap();
+    let got = l.allocate_pending(RES, vec![vec![gpu(2)]]).unwrap();
+    assert!(
+        !got[0].repeat,
+        "devices of an attributed owner are no repeat"
+    );
+    assert_eq!(
+        got[0].released,
+        vec![(container("ns", "x"), vec![gpu(1), gpu(2)])]
+    );
+}
+
+#[test]
+fn reconcile_attributes_releases_and_keeps_newer() {
+    let l = dp_ledger();
+    l.allocate_pending(RES, vec![vec![gpu(1), gpu(2)]]).unwrap();
+    l.allocate_pending(RES, vec![vec![gpu(3)]]).unwrap(); // an init container, never listed
+    let mark = l.mark();
+    l.allocate_pending(RES, vec![vec![gpu(4)]]).unwrap(); // after the List was asked for
+    let train = container("ns", "train");
+    let r = l
+        .reconcile(vec![(train.clone(), vec![gpu(2), gpu(1)])], mark)
+        .unwrap();
+    assert_eq!(r.attributed, vec![(train.clone(), vec![gpu(1), gpu(2)])]);
+    assert_eq!(r.released, vec![(pending_owner(RES, 2), vec![gpu(3)])]);
+    assert!(r.conflicts.is_empty() && r.reassigned.is_empty());
+    assert_eq!(l.holder_of(&gpu(1)).unwrap(), Some(train.clone()));
+    assert_eq!(l.holder_of(&gpu(4)).unwrap(), Some(pending_owner(RES, 3)));
+    let a = l.allocations(Some(Path::DevicePlugin));
+    assert_eq!(
+        a.iter()
+            .map(|a| (a.owner.clone(), a.pending))
+            .collect::<Vec<_>>(),
+        vec![(pending_owner(RES, 3), true), (train.clone(), false)]
+    );
+    // The same list again: nothing moves. A list that names a newer pending owner's device:
+    // kept for the pending owner.
+    let r = l
+        .reconcile(
+            vec![
+                (train.clone(), vec![gpu(1), gpu(2)]),
+                (container("ns", "y"), vec![gpu(4)]),
+            ],
+            mark,
+        )
+        .unwrap();
+    assert_eq!(r, Reconciliation::default());
+    // Devices of a listed container changed: it is given the new ones.
+    let r = l
+        .reconcile(vec![(train.clone(), vec![gpu(1)])], l.mark())
+        .unwrap();
+    assert_eq!(r.attributed, vec![(train.clone(), vec![gpu(1)])]);
+    assert_eq!(r.released, vec![(pending_owner(RES, 3), vec![gpu(4)])]);
+    assert_eq!(l.holder_of(&gpu(2)).unwrap(), None);
+    // Two listed containers name one device: the later by name takes it.
+    let r = l
+        .reconcile(
+            vec![
+                (container("ns", "b"), vec![gpu(6)]),
+                (container("ns", "a"), vec![gpu(6)]),
+                (train.clone(), vec![gpu(1)]),
+            ],
+            l.mark(),
+        )
+        .unwrap();
+    assert_eq!(r.reassigned, vec![(container("ns", "a"), vec![gpu(6)])]);
+    assert_eq!(l.holder_of(&gpu(6)).unwrap(), Some(container("ns", "b")));
+    // The pods are gone.
+    let r = l.reconcile(Vec::new(), l.mark()).unwrap();
+    assert_eq!(r.released.len(), 2);
+    assert!(l.allocations(None).is_empty());
+}
+
+#[test]
+fn reconcile_reports_conflicts_and_refuses_bad_lists() {
+    let l = dp_ledger();
+    l.allocate(&claim("c9"), &[gpu(0)]).unwrap();
+    l.allocate_pending(RES, vec![vec![gpu(1)]]).unwrap();
+    let r = l
+        .reconcile(
+            vec![
+                (container("ns", "p"), vec![gpu(0), gpu(2)]),
+                (container("ns", "q"), vec![gpu(1)]),
+                (container("ns", "r"), vec![gpu(9)]),
+            ],
+            l.mark(),
+        )
+        .unwrap();
+    assert_eq!(r.attributed, vec![(container("ns", "q"), vec![gpu(1)])]);
+    assert_eq!(r.conflicts.len(), 2);
+    assert!(
+        r.conflicts[0].2.to_string().contains("claim c9"),
+        "{}",
+        r.conflicts[0].2
+    );
+    assert!(matches!(r.conflicts[1].2, CoreError::InvalidArgument(_)));
+    assert_eq!(
+        l.holder_of(&gpu(2)).unwrap(),
+        None,
+        "a conflict changes nothing for it"
+    );
+    let before = l.snapshot();
+    for listed in [
+        vec![(claim("x"), vec![gpu(3)])],
+        vec![(container("", "p"), vec![gpu(3)])],
+    ] {
+        assert!(matches!(
+            l.reconcile(listed, l.mark()),
+            Err(CoreError::InvalidArgument(_))
+        ));
+        assert_eq!(l.snapshot(), before);
+    }
+    // DRA owners are never touched.
+    l.reconcile(Vec::new(), l.mark()).unwrap();
+    assert_eq!(l.holder_of(&gpu(0)).unwrap(), Some(claim("c9")));
+    assert_eq!(l.release_path(Path::Dra), vec![(claim("c9"), vec![gpu(0)])]);
+    assert_eq!(l.utilisation().owners, 0);
+}
+
+#[test]
+fn pending_mig_replicas_are_repeats_and_reassignments_too() {
+    let l = shared_mig_ledger();
+    let r = |i| Device::mig_replica("GPU-2", 9, 4, i);
+    l.allocate_pending("nvidia.com/mig-3g.20gb", vec![vec![r(0)], vec![r(1)]])
+        .unwrap();
+    let shared = l.holder_of(&Device::mig("GPU-2", 9, 4)).unwrap().unwrap();
+    assert!(is_shared_owner(&shared));
+    assert!(
+        l.allocate_pending("nvidia.com/mig-3g.20gb", vec![vec![r(1)]])
+            .unwrap()[0]
+            .repeat
+    );
+    let r1 = container("ns", "p");
+    l.reconcile(vec![(r1.clone(), vec![r(1)])], l.mark())
+        .unwrap();
+    assert_eq!(
+        l.holder_of(&Device::mig("GPU-2", 9, 4)).unwrap(),
+        Some(shared)
+    );
+    assert_eq!(
+        l.held_per_gpu(&[r(0), r(1), r(2), gpu(0)], Some(Path::DevicePlugin)),
+        vec![("GPU-2".to_string(), 1)]
+    );
+    assert!(l.held_per_gpu(&[r(1)], Some(Path::Dra)).is_empty());
+    l.reconcile(Vec::new(), l.mark()).unwrap();
+    assert_eq!(l.holder_of(&Device::mig("GPU-2", 9, 4)).unwrap(), None);
+    assert!(l.held_per_gpu(&[r(0), r(1), r(2)], None).is_empty());
+}
+
+#[test]
+fn release_path_and_allocations_by_path() {
+    let l = dp_ledger();
+    l.allocate(&claim("c"), &[gpu(0)]).unwrap();
+    l.allocate_pending(RES, vec![vec![gpu(1)], vec![gpu(2)]])
+        .unwrap();
+    assert_eq!(
+        l.allocations(None)
+            .iter()
+            .map(|a| a.seq)
+            .collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    assert_eq!(l.allocations(Some(Path::Dra)).len(), 1);
+    let released = l.release_path(Path::DevicePlugin);
+    assert_eq!(released.len(), 2);
+    assert_eq!(l.allocations(None).len(), 1);
+    assert!(l.release_path(Path::DevicePlugin).is_empty());
+}
+
+// ---- snapshots: version 2 carries the sequence, version 1 still loads ----
+
+#[test]
+fn snapshot_carries_sequence_pending_and_mig_replicas() {
+    let l = shared_mig_ledger();
+    l.allocate_pending(RES, vec![vec![Device::gpu("GPU-0")]])
+        .unwrap();
+    l.allocate_pending(
+        "nvidia.com/mig-3g.20gb",
+        vec![vec![Device::mig_replica("GPU-2", 9, 4, 2)]],
+    )
+    .unwrap();
+    l.allocate(&pod("u"), &[Device::mig_unplaced("GPU-2", "MIG-u")])
+        .unwrap();
+    let snap = l.snapshot();
+    let back = Ledger::from_snapshot(&snap).unwrap();
+    assert_eq!(back.snapshot(), snap);
+    assert_eq!(back.allocations(None), l.allocations(None));
+    assert_eq!(back.mark(), 3);
+    assert_eq!(back.usage(), l.usage());
+    assert_eq!(back.gpus(), l.gpus());
+    let body: serde_json::Value = serde_json::from_slice(&snap).unwrap();
+    assert_eq!(body["version"], 2);
+    assert_eq!(body["body"]["seq"], 3);
+    assert_eq!(body["body"]["gpus"][2]["mig_replicas"][0]["replicas"], 3);
+    assert!(body["body"]["gpus"][0].get("mig_replicas").is_none());
+    let pending: Vec<bool> = body["body"]["holdings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["pending"].as_bool().unwrap())
+        .collect();
+    // By owner: default/u, then the two pending owners.
+    assert_eq!(pending, vec![false, true, true]);
+    // Inconsistent sequence numbers and pending claims: refused clearly, nothing changed.
+    l.allocate(&claim("c"), &[Device::replica("GPU-1", 0)])
+        .unwrap();
+    let good: serde_json::Value = serde_json::from_slice(&l.snapshot()).unwrap();
+    let edit = |f: &dyn Fn(&mut serde_json::Value)| {
+        let mut v = good.clone();
+        f(&mut v["body"]);
+        serde_json::to_vec(&v).unwrap()
+    };
+    let fresh = Ledger::new();
+    for (bad, needle) in [
+        (edit(&|b| b["seq"] = 2.into()), "sequence number"),
+        (
+            edit(&|b| b["holdings"][0]["seq"] = 1.into()),
+            "sequence number",
+        ),
+        (
+            edit(&|b| b["holdings"][1]["seq"] = 0.into()),
+            "sequence number",
+        ),
+        (
+            edit(&|b| b["holdings"][3]["pending"] = true.into()),
+            "only device-plugin",
+        ),
+        (
+            edit(&|b| b["gpus"][2]["mig_replicas"][0]["replicas"] = 2.into()),
+            "has replicas 0 to 1",
+        ),
+    ] {
+        let e = fresh.restore(&bad).unwrap_err();
+        assert!(matches!(e, CoreError::Snapshot(_)), "{e}");
+        assert!(e.to_string().contains(needle), "{needle}: {e}");
+        assert_eq!(fresh.utilisation().gpus, 0);
+    }
+}
+
+#[test]
+fn snapshot_of_version_1_loads_or_is_refused_clearly() {
+    let v1 = serde_json::json!({
+        "schema": "gpulet.ledger",
+        "version": 1,
+        "body": {
+            "gpus": [
+                {"uuid": "GPU-0", "replicas": 2, "model": null, "serves": null},
+                {"uuid": "GPU-1", "replicas": 0, "model": "A100-SXM4-40GB", "serves": "dra"}
+            ],
+            "holdings": [
+                {"owner": {"kind": "container", "path": "device-plugin", "namespace": "gpulet-pending",
+                           "pod": "allocate-4", "container": "nvidia.com/gpu", "pod_uid": null},
+                 "devices": [{"kind": "replica", "uuid": "GPU-0", "index": 1}]},
+                {"owner": {"kind": "claim", "path": "dra", "uid": "c1"},
+                 "devices": [{"kind": "mig", "parent": "GPU-1", "profile_id": 9, "start": 0}]}
+            ]
+        }
+    });
+    let l = Ledger::from_snapshot(&serde_json::to_vec(&v1).unwrap()).unwrap();
+    let a = l.allocations(None);
+    assert_eq!(
+        a.iter().map(|a| (a.seq, a.pending)).collect::<Vec<_>>(),
+        vec![(1, false), (2, false)]
+    );
+    assert_eq!(l.mark(), 2);
+    assert_eq!(
+        l.holder_of(&Device::mig("GPU-1", 9, 0)).unwrap(),
+        Some(claim("c1"))
+    );
+    // Written back as version 2, and the next allocation follows the sequence.
+    l.allocate_pending(RES, vec![vec![Device::replica("GPU-0", 0)]])
+        .unwrap();
+    assert_eq!(l.mark(), 3);
+    let again: serde_json::Value = serde_json::from_slice(&l.snapshot()).unwrap();
+    assert_eq!(again["version"], 2);
+    // Version 1's shared owner of MIG slices: who held each replica was not recorded.
+    let mut shared = v1.clone();
+    shared["body"]["holdings"][1]["owner"] = serde_json::json!({
+        "kind": "container", "path": "dra", "namespace": "gpulet-shared", "pod": "MIG-x",
+        "container": "replicas", "pod_uid": null});
+    let e = Ledger::from_snapshot(&serde_json::to_vec(&shared).unwrap()).unwrap_err();
+    assert!(matches!(e, CoreError::Snapshot(_)), "{e}");
+    assert!(
+        e.to_string()
+            .contains("did not record who holds each replica"),
+        "{e}"
+    );
+    // A version 2 body under a version 1 envelope, and the reverse: malformed.
+    let mut mixed = v1.clone();
+    mixed["body"]["seq"] = serde_json::json!(2);
+    let e = Ledger::from_snapshot(&serde_json::to_vec(&mixed).unwrap()).unwrap_err();
+    assert!(e.to_string().contains("version 1"), "{e}");
+    let mut mixed = v1;
+    mixed["version"] = serde_json::json!(2);
+    let e = Ledger::from_snapshot(&serde_json::to_vec(&mixed).unwrap()).unwrap_err();
+    assert!(e.to_string().contains("malformed"), "{e}");
+}
+
+// ---- the device plugin's operations against a model of the rules they replace ----
+
+/// The device plugin's bookkeeping as it was kept in Python before the ledger held it (one
+/// holder per device, device-plugin owners only), with the ledger's numbering: every recorded
+/// allocation takes the next sequence number. Devices held by DRA are fixed.
+#[derive(Clone, Debug, Default)]
+struct Model {
+    seq: u64,
+    holdings: std::collections::BTreeMap<Owner, (std::collections::BTreeSet<Device>, u64, bool)>,
+    dra: std::collections::BTreeSet<Device>,
+}
+
+impl Model {
+    fn holder(&self, d: &Device) -> Option<&Owner> {
+        self.holdings
+            .iter()
+            .find(|(_, (ds, _, _))| ds.contains(d))
+            .map(|(o, _)| o)
+    }
+
+    fn release_holders(&mut self, devices: &std::collections::BTreeSet<Device>) {
+        self.holdings
+            .retain(|_, (ds, _, _)| ds.is_disjoint(devices));
+    }
+
+    fn allocate_pending(&mut self, resource: &str, requests: &[Vec<Device>]) -> bool {
+        let saved = self.clone();
+        for r in requests {
+            let devices: std::collections::BTreeSet<Device> = r.iter().cloned().collect();
+            let holders: std::collections::BTreeSet<Option<&Owner>> =
+                devices.iter().map(|d| self.holder(d)).collect();
+            if let [Some(h)] = holders.into_iter().collect::<Vec<_>>()[..] {
+                if self.holdings[h].2 {
+                    continue;
+                }
+            }
+            if devices.iter().any(|d| self.dra.contains(d)) {
+                *self = saved;
+                return false;
+            }
+            self.release_holders(&devices);
+            self.seq += 1;
+            self.holdings
+                .insert(pending_owner(resource, self.seq), (devices, self.seq, true));
+        }
+        true
+    }
+
+    /// (attributed, released, conflicts).
+    fn reconcile(&mut self, listed: &[(Owner, Vec<Device>)], mark: u64) -> (usize, usize, usize) {
+        let mut desired: std::collections::BTreeMap<Owner, std::collections::BTreeSet<Device>> =
+            std::collections::BTreeMap::new();
+        for (o, ds) in listed {
+            desired
+                .entry(o.clone())
+                .or_default()
+                .extend(ds.iter().cloned());
+        }
+        let (mut attributed, mut released, mut conflicts) = (0, 0, 0);
+        let mut kept = std::collections::BTreeSet::new();
+        for (owner, (ds, seq, pending)) in self.holdings.clone() {
+            if pending {
+                if seq > mark {
+                    kept.extend(ds);
+                    continue;
+                }
+                self.holdings.remove(&owner);
+                if !desired.values().any(|w| !w.is_disjoint(&ds)) {
+                    released += 1;
+                }
+            } else if desired.get(&owner) != Some(&ds) {
+                self.holdings.remove(&owner);
+                if !desired.contains_key(&owner) {
+                    released += 1;
+                }
+            }
+        }
+        let mut order: Vec<(&Owner, &std::collections::BTreeSet<Device>)> =
+            desired.iter().collect();
+        order.sort_by_key(|(o, _)| o.to_string());
+        for (owner, ds) in order {
+            let ds: std::collections::BTreeSet<Device> = ds.difference(&kept).cloned().collect();
+            if ds.is_empty() || self.holdings.contains_key(owner) {
+                continue;
+            }
+            if ds.iter().any(|d| self.dra.contains(d)) {
+                conflicts += 1;
+                continue;
+            }
+            self.release_holders(&ds);
+            self.seq += 1;
+            self.holdings.insert(owner.clone(), (ds, self.seq, false));
+            attributed += 1;
+        }
+        (attributed, released, conflicts)
+    }
+
+    fn allocations(&self) -> Vec<(Owner, Vec<Device>, u64, bool)> {
+        let mut v: Vec<_> = self
+            .holdings
+            .iter()
+            .map(|(o, (ds, seq, p))| (o.clone(), ds.iter().cloned().collect(), *seq, *p))
+            .collect();
+        v.sort_by_key(|a| a.2);
+        v
+    }
+}
+
+/// The devices of the model's node: whole GPUs 0-3 (GPU-0 held by DRA), replicas of GPU-4,
+/// replicas of a 3g.20gb slice of GPU-5 (an A100), MIG devices of GPU-6 without a placement.
+fn model_devices() -> Vec<Device> {
+    let mut v: Vec<Device> = (0..4).map(gpu).collect();
+    v.extend((0..3).map(|i| Device::replica("GPU-4", i)));
+    v.extend((0..3).map(|i| Device::mig_replica("GPU-5", 9, 4, i)));
+    v.extend(["MIG-a", "MIG-b"].map(|id| Device::mig_unplaced("GPU-6", id)));
+    v
+}
+
+fn model_ledger() -> Ledger {
+    let l = Ledger::new();
+    for g in 0..4 {
+        l.register_gpu(&registration(&format!("GPU-{g}"), 0, None))
+            .unwrap();
+    }
+    l.register_gpu(&registration("GPU-4", 3, None)).unwrap();
+    let mut a100 = registration("GPU-5", 0, Some("A100-SXM4-40GB"));
+    a100.mig_replicas = vec![MigReplicas {
+        profile_id: 9,
+        start: 4,
+        replicas: 3,
+    }];
+    l.register_gpu(&a100).unwrap();
+    l.register_gpu(&registration("GPU-6", 0, Some("A100-SXM4-40GB")))
+        .unwrap();
+    l.allocate(&claim("dra"), &[gpu(0)]).unwrap();
+    l
+}
+
+#[derive(Clone, Debug)]
+enum DpOp {
+    Allocate(usize, Vec<Vec<usize>>),
+    /// The list (pod index, device indices) and how many allocations before the latest the
+    /// mark is.
+    Reconcile(Vec<(usize, Vec<usize>)>, u64),
+    Restore,
+}
+
+fn arb_dp_op() -> impl Strategy<Value = DpOp> {
+    let devices = || prop::collection::vec(0..11usize, 1..4);
+    prop_oneof![
+        6 => (0..2usize, prop::collection::vec(devices(), 1..3)).prop_map(|(r, q)| DpOp::Allocate(r, q)),
+        3 => (prop::collection::vec((0..4usize, devices()), 0..4), 0..3u64).prop_map(|(l, k)| DpOp::Reconcile(l, k)),
+        1 => Just(DpOp::Restore),
+    ]
+}
+
+proptest! {
+    #![proptest_config(config(300))]
+
+    #[test]
+    fn device_plugin_operations_follow_the_model(ops in prop::collection::vec(arb_dp_op(), 1..30)) {
+        let pool = model_devices();
+        let l = model_ledger();
+        let mut m = Model { dra: [gpu(0)].into(), seq: l.mark(), ..Model::default() };
+        let resources = ["nvidia.com/gpu", "nvidia.com/mig-3g.20gb"];
+        for op in ops {
+            match op {
+                DpOp::Allocate(r, requests) => {
+                    let requests: Vec<Vec<Device>> = requests
+                        .iter()
+                        .map(|q| q.iter().map(|&i| pool[i].clone()).collect())
+                        .collect();
+                    let before = l.snapshot();
+                    let ok = l.allocate_pending(resources[r], requests.clone()).is_ok();
+                    prop_assert_eq!(ok, m.allocate_pending(resources[r], &requests), "{:?}", requests);
+                    if !ok {
+                        prop_assert_eq!(l.snapshot(), before);
+                    }
+                }
+                DpOp::Reconcile(listed, back) => {
+                    let listed: Vec<(Owner, Vec<Device>)> = listed
+                        .iter()
+                        .map(|(p, ds)| (container("ns", &format!("pod-{p}")), ds.iter().map(|&i| pool[i].clone()).collect()))
+                        .collect();
+                    let mark = l.mark().saturating_sub(back);
+                    let r = l.reconcile(listed.clone(), mark).unwrap();
+                    prop_assert_eq!(
+                        (r.attributed.len(), r.released.len(), r.conflicts.len()),
+                        m.reconcile(&listed, mark)
+                    );
+                    for (_, _, e) in &r.conflicts {
+                        prop_assert!(e.to_string().contains("claim dra"), "{}", e);
+                    }
+                }
+                DpOp::Restore => {
+                    let snap = l.snapshot();
+                    l.restore(&snap).unwrap();
+                    prop_assert_eq!(l.snapshot(), snap);
+                }
+            }
+            let got: Vec<_> = l
+                .allocations(Some(Path::DevicePlugin))
+                .into_iter()
+                .map(|a| (a.owner, a.devices, a.seq, a.pending))
+                .collect();
+            prop_assert_eq!(got, m.allocations());
+            prop_assert_eq!(l.mark(), m.seq);
+            check_invariants(&l);
+        }
+    }
 }
