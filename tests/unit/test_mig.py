@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import gpulet
 from gpulet import _core, config, mig
 from gpulet.deviceplugin import mig_resource_name
 from gpulet.errors import (
@@ -70,6 +71,51 @@ def test_one_resource_name_rule_for_profiles_and_the_device_plugin() -> None:
             assert p.resource_name == mig_resource_name(p.name) == _core.mig_resource_name(p.name)
             # The planner accepts the resource name back.
             mig.validate(model, [(p.resource_name, p.placements[0])])
+
+
+PROFILE_FIELDS = [
+    "name",
+    "profile_id",
+    "nvml_profile",
+    "compute_slices",
+    "memory_slices",
+    "memory_mib",
+    "multiprocessors",
+    "copy_engines",
+    "decoders",
+    "encoders",
+    "jpegs",
+    "ofas",
+    "max_instances",
+    "placements",
+]
+
+
+@pytest.mark.usefixtures("fake_library")
+@pytest.mark.parametrize(("spec", "model"), [("dgx-h100", H100), ("mixed-pcie", "A30")])
+def test_the_catalog_and_nvml_report_one_profile_struct(spec: str, model: str) -> None:
+    """``MigProfile`` (the catalog) and ``MigProfileInfo`` (NVML) are one core struct: the same
+    attributes, and on the fake NVML (which serves the catalog) the same values."""
+    with gpulet.simulated(spec):
+        gpu = next(g for g in gpulet.discover().gpus if g.mig_capable)
+        reported = gpulet.mig_profiles(gpu.index)
+        assert gpulet.mig_profiles(gpu.index) == reported
+    catalog = {p.name: p for p in mig.profiles(model)}
+    # NVML lists profiles by enum value, the catalog in its own order.
+    assert sorted(p.name for p in reported) == sorted(catalog)
+    for info in reported:
+        profile = catalog[info.name]
+        for f in PROFILE_FIELDS:
+            assert getattr(info, f) == getattr(profile, f), (profile.name, f)
+        assert repr(info) == repr(profile).replace(
+            f'Profile(model="{profile.model}", ', "MigProfileInfo("
+        )
+    public = {a for a in dir(_core.MigProfileInfo) if not a.startswith("_")}
+    assert public == set(PROFILE_FIELDS)
+    assert {a for a in dir(_core.MigProfile) if not a.startswith("_")} == public | {
+        "model",
+        "resource_name",
+    }
 
 
 def test_a30_geometry() -> None:

@@ -63,18 +63,23 @@ pub mod nvml_profile {
     pub const COUNT: u32 = 0x12;
 }
 
-/// One MIG GPU-instance profile of one model.
+/// One MIG GPU-instance profile: the one struct for its fields. The catalog's tables hold
+/// `MigProfile` (static names and placements); what a GPU reports through NVML is
+/// [`crate::nvml::MigProfileInfo`], the same struct with an owned name and placements, so the
+/// two compare field for field.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub struct MigProfile {
+pub struct MigProfile<S = &'static str, P = &'static [u32]> {
     /// NVML's name, e.g. "1g.10gb" or "1g.10gb+me".
-    pub name: &'static str,
-    /// Device-unique profile id (`nvmlGpuInstanceProfileInfo_t.id`).
+    pub name: S,
+    /// Device-unique profile id (`nvmlGpuInstanceProfileInfo_t.id`, the one `nvidia-smi mig
+    /// -lgip` prints).
     pub profile_id: u32,
     /// `NVML_GPU_INSTANCE_PROFILE_*` value that yields this profile.
     pub nvml_profile: u32,
     /// Compute slices (the `g` in the name; `sliceCount`).
     pub compute_slices: u32,
-    /// Memory slices one instance occupies (the placement size).
+    /// Memory slices one instance occupies (the placement size; 0 when NVML lists no
+    /// placement).
     pub memory_slices: u32,
     /// Memory of one instance in MiB (`memorySizeMB`).
     pub memory_mib: u64,
@@ -86,8 +91,8 @@ pub struct MigProfile {
     pub ofas: u32,
     /// Most instances of this profile on one GPU (`instanceCount`).
     pub max_instances: u32,
-    /// Start memory slices where an instance may be placed.
-    pub placements: &'static [u32],
+    /// Start memory slices where an instance may be placed, ascending.
+    pub placements: P,
 }
 
 /// The domain of NVIDIA's extended resource names ("nvidia.com/gpu", "nvidia.com/mig-…").
@@ -108,15 +113,15 @@ pub fn mig_resource_name(profile: &str) -> String {
     )
 }
 
-impl MigProfile {
+impl<S: AsRef<str>, P> MigProfile<S, P> {
     /// See [`mig_resource_suffix`].
     pub fn resource_suffix(&self) -> String {
-        mig_resource_suffix(self.name)
+        mig_resource_suffix(self.name.as_ref())
     }
 
     /// See [`mig_resource_name`].
     pub fn resource_name(&self) -> String {
-        mig_resource_name(self.name)
+        mig_resource_name(self.name.as_ref())
     }
 }
 

@@ -21,6 +21,93 @@ fn repr(obj: &Bound<'_, PyAny>) -> String {
         .unwrap_or_else(|_| "<unprintable>".to_owned())
 }
 
+/// The `#[pymethods]` of a class over one core `MigProfile` (any of its forms), held in the
+/// field `$field`: one getter per profile field, then the class's own methods. Both
+/// `MigProfile` (`gpulet.mig.Profile`) and `MigProfileInfo` are made with it, so the Python
+/// attributes follow the core struct from one list.
+macro_rules! mig_profile_methods {
+    ($class:ty, $field:ident, { $($own:tt)* }) => {
+        #[pymethods]
+        impl $class {
+            #[getter]
+            fn name(&self) -> &str {
+                self.$field.name.as_ref()
+            }
+            #[getter]
+            fn profile_id(&self) -> u32 {
+                self.$field.profile_id
+            }
+            #[getter]
+            fn nvml_profile(&self) -> u32 {
+                self.$field.nvml_profile
+            }
+            #[getter]
+            fn compute_slices(&self) -> u32 {
+                self.$field.compute_slices
+            }
+            #[getter]
+            fn memory_slices(&self) -> u32 {
+                self.$field.memory_slices
+            }
+            #[getter]
+            fn memory_mib(&self) -> u64 {
+                self.$field.memory_mib
+            }
+            #[getter]
+            fn multiprocessors(&self) -> u32 {
+                self.$field.multiprocessors
+            }
+            #[getter]
+            fn copy_engines(&self) -> u32 {
+                self.$field.copy_engines
+            }
+            #[getter]
+            fn decoders(&self) -> u32 {
+                self.$field.decoders
+            }
+            #[getter]
+            fn encoders(&self) -> u32 {
+                self.$field.encoders
+            }
+            #[getter]
+            fn jpegs(&self) -> u32 {
+                self.$field.jpegs
+            }
+            #[getter]
+            fn ofas(&self) -> u32 {
+                self.$field.ofas
+            }
+            #[getter]
+            fn max_instances(&self) -> u32 {
+                self.$field.max_instances
+            }
+            /// Start memory slices an instance may take.
+            #[getter]
+            fn placements(&self) -> Vec<u32> {
+                AsRef::<[u32]>::as_ref(&self.$field.placements).to_vec()
+            }
+
+            $($own)*
+        }
+    };
+}
+pub(crate) use mig_profile_methods;
+
+/// The fields a profile's `__repr__` shows, after the class name and anything before them.
+pub(crate) fn profile_repr_fields<S: AsRef<str>, P: AsRef<[u32]>>(p: &MigProfile<S, P>) -> String {
+    format!(
+        "name={:?}, profile_id={}, compute_slices={}, memory_slices={}, memory_mib={}, \
+         max_instances={}, placements={:?}",
+        p.name.as_ref(),
+        p.profile_id,
+        p.compute_slices,
+        p.memory_slices,
+        p.memory_mib,
+        p.max_instances,
+        p.placements.as_ref()
+    )
+}
+
 /// One MIG GPU-instance profile of a catalog model (`gpulet.mig.Profile`).
 #[pyclass(frozen, name = "MigProfile", module = "gpulet._core")]
 pub struct PyProfile {
@@ -28,70 +115,13 @@ pub struct PyProfile {
     p: &'static MigProfile,
 }
 
-#[pymethods]
-impl PyProfile {
+mig_profile_methods!(PyProfile, p, {
     /// The catalog key of the model, e.g. "H100-80GB".
     #[getter]
     fn model(&self) -> &'static str {
         self.model
     }
-    #[getter]
-    fn name(&self) -> &'static str {
-        self.p.name
-    }
-    #[getter]
-    fn profile_id(&self) -> u32 {
-        self.p.profile_id
-    }
-    #[getter]
-    fn nvml_profile(&self) -> u32 {
-        self.p.nvml_profile
-    }
-    #[getter]
-    fn compute_slices(&self) -> u32 {
-        self.p.compute_slices
-    }
-    #[getter]
-    fn memory_slices(&self) -> u32 {
-        self.p.memory_slices
-    }
-    #[getter]
-    fn memory_mib(&self) -> u64 {
-        self.p.memory_mib
-    }
-    #[getter]
-    fn multiprocessors(&self) -> u32 {
-        self.p.multiprocessors
-    }
-    #[getter]
-    fn copy_engines(&self) -> u32 {
-        self.p.copy_engines
-    }
-    #[getter]
-    fn decoders(&self) -> u32 {
-        self.p.decoders
-    }
-    #[getter]
-    fn encoders(&self) -> u32 {
-        self.p.encoders
-    }
-    #[getter]
-    fn jpegs(&self) -> u32 {
-        self.p.jpegs
-    }
-    #[getter]
-    fn ofas(&self) -> u32 {
-        self.p.ofas
-    }
-    #[getter]
-    fn max_instances(&self) -> u32 {
-        self.p.max_instances
-    }
-    /// Start memory slices an instance may take.
-    #[getter]
-    fn placements(&self) -> Vec<u32> {
-        self.p.placements.to_vec()
-    }
+
     /// The device-plugin resource name, e.g. "nvidia.com/mig-1g.10gb.me".
     #[getter]
     fn resource_name(&self) -> String {
@@ -112,21 +142,13 @@ impl PyProfile {
     }
 
     fn __repr__(&self) -> String {
-        let p = self.p;
         format!(
-            "Profile(model={:?}, name={:?}, profile_id={}, compute_slices={}, memory_slices={}, \
-             memory_mib={}, max_instances={}, placements={:?})",
+            "Profile(model={:?}, {})",
             self.model,
-            p.name,
-            p.profile_id,
-            p.compute_slices,
-            p.memory_slices,
-            p.memory_mib,
-            p.max_instances,
-            p.placements
+            profile_repr_fields(self.p)
         )
     }
-}
+});
 
 /// One MIG GPU instance: a profile name at a start memory slice (`gpulet.mig.Placement`).
 #[pyclass(frozen, eq, hash, name = "MigPlacement", module = "gpulet._core")]

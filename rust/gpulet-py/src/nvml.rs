@@ -456,62 +456,20 @@ impl PyNode {
 }
 
 /// One MIG GPU-instance profile as the GPU reports it.
-#[pyclass(frozen, eq, get_all, name = "MigProfileInfo", module = "gpulet._core")]
+#[pyclass(frozen, eq, name = "MigProfileInfo", module = "gpulet._core")]
 #[derive(PartialEq)]
 pub struct PyMigProfileInfo {
-    name: String,
-    profile_id: u32,
-    nvml_profile: u32,
-    compute_slices: u32,
-    memory_slices: u32,
-    memory_mib: u64,
-    multiprocessors: u32,
-    copy_engines: u32,
-    decoders: u32,
-    encoders: u32,
-    jpegs: u32,
-    ofas: u32,
-    max_instances: u32,
-    placements: Vec<u32>,
+    inner: core_nvml::MigProfileInfo,
 }
 
-impl From<core_nvml::MigProfileInfo> for PyMigProfileInfo {
-    fn from(p: core_nvml::MigProfileInfo) -> Self {
-        PyMigProfileInfo {
-            name: p.name,
-            profile_id: p.profile_id,
-            nvml_profile: p.nvml_profile,
-            compute_slices: p.compute_slices,
-            memory_slices: p.memory_slices,
-            memory_mib: p.memory_mib,
-            multiprocessors: p.multiprocessors,
-            copy_engines: p.copy_engines,
-            decoders: p.decoders,
-            encoders: p.encoders,
-            jpegs: p.jpegs,
-            ofas: p.ofas,
-            max_instances: p.max_instances,
-            placements: p.placements,
-        }
-    }
-}
-
-#[pymethods]
-impl PyMigProfileInfo {
+crate::mig::mig_profile_methods!(PyMigProfileInfo, inner, {
     fn __repr__(&self) -> String {
         format!(
-            "MigProfileInfo(name={:?}, profile_id={}, compute_slices={}, memory_slices={}, \
-             memory_mib={}, max_instances={}, placements={:?})",
-            self.name,
-            self.profile_id,
-            self.compute_slices,
-            self.memory_slices,
-            self.memory_mib,
-            self.max_instances,
-            self.placements
+            "MigProfileInfo({})",
+            crate::mig::profile_repr_fields(&self.inner)
         )
     }
-}
+});
 
 /// Discover the node through NVML (the real library, or the one `library_path` or
 /// `GPULET_NVML_LIB` names).
@@ -536,7 +494,10 @@ fn mig_profiles(
     let profiles = py
         .detach(|| core_nvml::mig_profiles(library_path.as_deref(), gpu))
         .py()?;
-    Ok(profiles.into_iter().map(PyMigProfileInfo::from).collect())
+    Ok(profiles
+        .into_iter()
+        .map(|inner| PyMigProfileInfo { inner })
+        .collect())
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -387,6 +387,27 @@ fn profile_info(nvml: &Nvml, dev: &Device<'_>, index: u32, profile: u32) -> Resu
             code => Err(raw::from_code(CALL, Some(index), code)),
         }
     };
+    // The v2 and v3 structs name the fields alike; placements are filled by the caller.
+    macro_rules! from_nvml {
+        ($v:expr) => {
+            MigProfileInfo {
+                name: profile_name(&$v.name),
+                profile_id: $v.id,
+                nvml_profile: profile,
+                compute_slices: $v.sliceCount,
+                memory_slices: 0,
+                memory_mib: $v.memorySizeMB,
+                multiprocessors: $v.multiprocessorCount,
+                copy_engines: $v.copyEngineCount,
+                decoders: $v.decoderCount,
+                encoders: $v.encoderCount,
+                jpegs: $v.jpegCount,
+                ofas: $v.ofaCount,
+                max_instances: $v.instanceCount,
+                placements: Vec::new(),
+            }
+        };
+    }
     // SAFETY: all-zero is a valid value of these plain C structs.
     let mut v3: sys::nvmlGpuInstanceProfileInfo_v3_t = unsafe { std::mem::zeroed() };
     v3.version = raw::struct_version::<sys::nvmlGpuInstanceProfileInfo_v3_t>(3);
@@ -402,42 +423,12 @@ fn profile_info(nvml: &Nvml, dev: &Device<'_>, index: u32, profile: u32) -> Resu
         if let Some(stop) = classify(code)? {
             return Ok(stop);
         }
-        MigProfileInfo {
-            name: profile_name(&v2.name),
-            profile_id: v2.id,
-            nvml_profile: profile,
-            compute_slices: v2.sliceCount,
-            memory_slices: 0,
-            memory_mib: v2.memorySizeMB,
-            multiprocessors: v2.multiprocessorCount,
-            copy_engines: v2.copyEngineCount,
-            decoders: v2.decoderCount,
-            encoders: v2.encoderCount,
-            jpegs: v2.jpegCount,
-            ofas: v2.ofaCount,
-            max_instances: v2.instanceCount,
-            placements: Vec::new(),
-        }
+        from_nvml!(v2)
     } else {
         if let Some(stop) = classify(code)? {
             return Ok(stop);
         }
-        MigProfileInfo {
-            name: profile_name(&v3.name),
-            profile_id: v3.id,
-            nvml_profile: profile,
-            compute_slices: v3.sliceCount,
-            memory_slices: 0,
-            memory_mib: v3.memorySizeMB,
-            multiprocessors: v3.multiprocessorCount,
-            copy_engines: v3.copyEngineCount,
-            decoders: v3.decoderCount,
-            encoders: v3.encoderCount,
-            jpegs: v3.jpegCount,
-            ofas: v3.ofaCount,
-            max_instances: v3.instanceCount,
-            placements: Vec::new(),
-        }
+        from_nvml!(v3)
     };
     Ok(ProfileLookup::Found(info))
 }

@@ -132,31 +132,10 @@ pub struct MigDevice {
     pub memory_bytes: u64,
 }
 
-/// One GPU-instance profile as the GPU reports it, field for field comparable with
-/// [`crate::catalog::MigProfile`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct MigProfileInfo {
-    /// NVML's name, e.g. "1g.10gb+me".
-    pub name: String,
-    /// Device-unique profile id (the one `nvidia-smi mig -lgip` prints).
-    pub profile_id: u32,
-    /// The `NVML_GPU_INSTANCE_PROFILE_*` value that yielded it.
-    pub nvml_profile: u32,
-    pub compute_slices: u32,
-    /// Memory slices one instance occupies (the placements' size; 0 when it has none).
-    pub memory_slices: u32,
-    pub memory_mib: u64,
-    pub multiprocessors: u32,
-    pub copy_engines: u32,
-    pub decoders: u32,
-    pub encoders: u32,
-    pub jpegs: u32,
-    pub ofas: u32,
-    /// Most instances of this profile on one GPU.
-    pub max_instances: u32,
-    /// Start memory slices of every possible placement, ascending.
-    pub placements: Vec<u32>,
-}
+/// One GPU-instance profile as the GPU reports it: the catalog's
+/// [`MigProfile`](crate::catalog::MigProfile) with an owned name and placements. `memory_slices`
+/// is the placements' size (0 when NVML lists none).
+pub type MigProfileInfo = crate::catalog::MigProfile<String, Vec<u32>>;
 
 /// One initialised NVML library.
 pub struct Session {
