@@ -7,8 +7,11 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import ClassVar, Final, Literal, TypeAlias, final
 
 __all__ = [
+    "PENDING_NAMESPACE",
     "REPLICA_SEPARATOR",
     "RESOURCE_NAME_PREFIX",
+    "SHARED_NAMESPACE",
+    "Allocation",
     "ClaimOwner",
     "ContainerOwner",
     "Event",
@@ -23,6 +26,7 @@ __all__ = [
     "MigProfile",
     "MigProfileInfo",
     "Node",
+    "Reconciliation",
     "Topology",
     "Utilisation",
     "__version__",
@@ -317,10 +321,15 @@ def mig_stranded(model: str, layout: _MigLayoutLike) -> tuple[int, int]: ...
 
 # ---- alloc: preferred allocation, replicas, ledger ----
 
-_AllocDevice: TypeAlias = str | tuple[str, int, int]
+_AllocDevice: TypeAlias = str | tuple[str, int, int] | tuple[str, int, int, int] | tuple[str, str]
+_AllocHolding: TypeAlias = tuple[ContainerOwner | ClaimOwner, list[_AllocDevice]]
 
 #: Between a GPU UUID and a replica number in a replica ID: ``<UUID>::<n>``.
 REPLICA_SEPARATOR: Final[str]
+#: Namespace of the device plugin's pending owners (``gpulet-pending/allocate-<n>/<resource>``).
+PENDING_NAMESPACE: Final[str]
+#: Namespace of the ledger's holders of MIG slices shared as replicas (reserved).
+SHARED_NAMESPACE: Final[str]
 
 def preferred(
     topo: Topology,
@@ -400,6 +409,10 @@ class GpuUsage:
     def replicas_held(self) -> int: ...
     @property
     def mig_slices_held(self) -> int: ...
+    @property
+    def mig_replicas(self) -> int: ...
+    @property
+    def mig_replicas_held(self) -> int: ...
 
 @final
 class Utilisation:
@@ -421,12 +434,40 @@ class Utilisation:
     @property
     def mig_slices_held(self) -> int: ...
     @property
+    def mig_replicas_held(self) -> int: ...
+    @property
     def owners(self) -> int: ...
     @property
     def owners_device_plugin(self) -> int: ...
     @property
     def owners_dra(self) -> int: ...
     def __eq__(self, value: object, /) -> bool: ...
+
+@final
+class Allocation:
+    """One owner's holding in the ledger, with its place in the allocation sequence."""
+
+    @property
+    def owner(self) -> ContainerOwner | ClaimOwner: ...
+    @property
+    def devices(self) -> list[_AllocDevice]: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def pending(self) -> bool: ...
+
+@final
+class Reconciliation:
+    """What one reconciliation with the kubelet's PodResources List changed."""
+
+    @property
+    def attributed(self) -> list[_AllocHolding]: ...
+    @property
+    def released(self) -> list[_AllocHolding]: ...
+    @property
+    def reassigned(self) -> list[_AllocHolding]: ...
+    @property
+    def conflicts(self) -> list[tuple[ContainerOwner | ClaimOwner, list[_AllocDevice], str]]: ...
 
 @final
 class Ledger:
@@ -439,12 +480,27 @@ class Ledger:
         replicas: int = 0,
         model: str | None = None,
         serves: str | None = None,
+        mig_replicas: dict[tuple[int, int], int] | None = None,
     ) -> None: ...
     def unregister_gpu(self, uuid: str) -> None: ...
     def allocate(
         self, owner: ContainerOwner | ClaimOwner, devices: Iterable[_AllocDevice]
     ) -> None: ...
+    def allocate_pending(
+        self, resource: str, requests: Iterable[Iterable[_AllocDevice]]
+    ) -> list[_AllocHolding]: ...
+    def mark(self) -> int: ...
+    def reconcile(
+        self,
+        listed: Iterable[tuple[ContainerOwner | ClaimOwner, Iterable[_AllocDevice]]],
+        mark: int,
+    ) -> Reconciliation: ...
     def release(self, owner: ContainerOwner | ClaimOwner) -> list[_AllocDevice]: ...
+    def release_path(self, path: str) -> list[_AllocHolding]: ...
+    def allocations(self, path: str | None = None) -> list[Allocation]: ...
+    def held_per_gpu(
+        self, devices: Iterable[_AllocDevice], path: str | None = None
+    ) -> dict[str, int]: ...
     def holder_of(self, device: _AllocDevice) -> ContainerOwner | ClaimOwner | None: ...
     def devices_of(self, owner: ContainerOwner | ClaimOwner) -> list[_AllocDevice]: ...
     def holdings(self) -> list[tuple[ContainerOwner | ClaimOwner, list[_AllocDevice]]]: ...

@@ -16,15 +16,24 @@ matter, and ties go to the lowest GPU indices.
 Shared replicas (``"<UUID>::<n>"``) and MIG devices are chosen with :func:`select_replicas`
 ("distributed", "packed" or "spread", optionally strict: one per physical GPU).
 
-The :class:`Ledger` records who holds which GPU, MIG slice and replica. Devices are written as
-on the device-plugin wire: a whole GPU is its UUID, a replica ``"<UUID>::<n>"``, and a MIG slice
-the tuple ``(parent UUID, profile id, placement start)``. Owners are :class:`ContainerOwner`
-(device plugin) or :class:`ClaimOwner` (DRA), each tagged with the path that holds it::
+The :class:`Ledger` records who holds which GPU, MIG slice and replica; it is the only record
+(the device plugin keeps no copy). Devices are written as on the device-plugin wire: a whole GPU
+is its UUID, a replica ``"<UUID>::<n>"``, a MIG slice the tuple ``(parent UUID, profile id,
+placement start)``, a replica of a shared MIG slice ``(parent UUID, profile id, start, n)``, and
+a MIG device the ledger cannot place ``(parent UUID, device ID)``. Owners are
+:class:`ContainerOwner` (device plugin) or :class:`ClaimOwner` (DRA), each tagged with the path
+that holds it::
 
     ledger = alloc.Ledger()
     ledger.register_gpu("GPU-0", replicas=4)
     ledger.allocate(alloc.ContainerOwner("default", "pod-a", "main"), ["GPU-0::0"])
     data = ledger.snapshot()            # versioned bytes; alloc.Ledger.from_snapshot(data)
+
+The device plugin's side: ``allocate_pending(resource, [[devices], ...])`` records a kubelet
+Allocate (each container's devices held by a pending owner, ``gpulet-pending/allocate-<n>/
+<resource>``, all or nothing; a repeat records nothing; the kubelet's reassignment releases the
+old device-plugin owner), ``mark()`` then ``reconcile(listed, mark)`` applies a PodResources List
+asked for after the mark, and ``allocations("device-plugin")`` lists the owners in sequence.
 
 Errors are ``gpulet.errors`` exceptions: ``InvalidArgumentError`` (an impossible or malformed
 request, an unknown device), ``ConflictError`` (a device held by another owner or path),
@@ -38,26 +47,36 @@ from typing import Literal, TypeAlias
 
 from gpulet import _core
 from gpulet._core import (
+    PENDING_NAMESPACE,
     REPLICA_SEPARATOR,
+    SHARED_NAMESPACE,
+    Allocation,
     ClaimOwner,
     ContainerOwner,
     GpuUsage,
     Ledger,
+    Reconciliation,
     Topology,
     Utilisation,
 )
 
 __all__ = [
     "PATHS",
+    "PENDING_NAMESPACE",
     "REPLICA_SEPARATOR",
+    "SHARED_NAMESPACE",
+    "Allocation",
     "ClaimOwner",
     "ContainerOwner",
     "Device",
     "GpuUsage",
     "Ledger",
+    "MigReplica",
     "MigSlice",
+    "MigUnplaced",
     "Owner",
     "Policy",
+    "Reconciliation",
     "ReplicaPolicy",
     "Utilisation",
     "preferred",
@@ -83,8 +102,16 @@ def replica_id(uuid: str, n: int) -> str:
 MigSlice: TypeAlias = tuple[str, int, int]
 """A MIG slice in the ledger: (parent GPU UUID, GPU-instance profile id, placement start)."""
 
-Device: TypeAlias = str | MigSlice
-"""A ledger device: a GPU UUID, a replica ``"<UUID>::<n>"``, or a :data:`MigSlice`."""
+MigReplica: TypeAlias = tuple[str, int, int, int]
+"""Replica ``n`` of a MIG slice shared as replicas: (parent GPU UUID, profile id, start, n)."""
+
+MigUnplaced: TypeAlias = tuple[str, str]
+"""A MIG device the ledger cannot place (NVML gave no placement, its GPU's model is unknown, or a
+compute instance smaller than its GPU instance): (parent GPU UUID, device-plugin ID)."""
+
+Device: TypeAlias = str | MigSlice | MigReplica | MigUnplaced
+"""A ledger device: a GPU UUID, a replica ``"<UUID>::<n>"``, a :data:`MigSlice`, a
+:data:`MigReplica` or a :data:`MigUnplaced`."""
 
 Owner: TypeAlias = ContainerOwner | ClaimOwner
 """A holder of devices."""
@@ -152,5 +179,10 @@ def select_replicas(
 
 
 def replicas_allocated(ledger: Ledger) -> dict[str, int]:
-    """Replicas held per GPU UUID, as :func:`select_replicas` takes them."""
-    return {u.uuid: u.replicas_held for u in ledger.usage() if u.replicas}
+    """Replicas held per GPU UUID (its own and its MIG slices'), as :func:`select_replicas` takes
+    them; GPUs not shared are left out. ``Ledger.held_per_gpu`` counts any set of devices."""
+    return {
+        u.uuid: u.replicas_held + u.mig_replicas_held
+        for u in ledger.usage()
+        if u.replicas or u.mig_replicas
+    }

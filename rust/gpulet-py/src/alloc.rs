@@ -1,20 +1,23 @@
 //! Allocation and ledger bindings: `preferred`, `score`, `select_replicas`, `Ledger`,
-//! `ContainerOwner`, `ClaimOwner`, `GpuUsage`, `Utilisation`.
+//! `ContainerOwner`, `ClaimOwner`, `GpuUsage`, `Utilisation`, `Allocation`, `Reconciliation`.
 //!
 //! Devices cross the boundary as NVIDIA writes them: a whole GPU is its UUID (`str`), a shared
-//! replica `"<UUID>::<n>"` (`str`), a MIG slice the tuple `(parent UUID, profile id, start)`.
+//! replica `"<UUID>::<n>"` (`str`), a MIG slice the tuple `(parent UUID, profile id, start)`,
+//! a replica of one `(parent UUID, profile id, start, replica)`, a MIG device without a
+//! placement `(parent UUID, device ID)`. The ledger's operations that the kubelet's calls wait
+//! on (`allocate`, `allocate_pending`, `reconcile`) run with the GIL released.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use gpulet_core::alloc::{
-    self as core_alloc, Device, GpuRegistration, Ledger, Owner, OwnerKind, Path, Policy,
-    ReplicaPolicy, ReplicaRequest,
+    self as core_alloc, Device, GpuRegistration, Ledger, MigReplicas, Owner, OwnerKind, Path,
+    Policy, ReplicaPolicy, ReplicaRequest, PENDING_NAMESPACE, SHARED_NAMESPACE,
 };
 use gpulet_core::CoreError;
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
 
 use crate::errors::{to_py, CoreResultExt};
 use crate::nvml::PyTopology;
@@ -380,6 +383,8 @@ pub struct PyGpuUsage {
     whole: Option<Py<PyAny>>,
     replicas_held: u32,
     mig_slices_held: u32,
+    mig_replicas: u32,
+    mig_replicas_held: u32,
 }
 
 #[pymethods]
@@ -391,14 +396,16 @@ impl PyGpuUsage {
         };
         Ok(format!(
             "GpuUsage(uuid={:?}, replicas={}, model={}, serves={}, held_path={}, whole={whole}, \
-             replicas_held={}, mig_slices_held={})",
+             replicas_held={}, mig_slices_held={}, mig_replicas={}, mig_replicas_held={})",
             self.uuid,
             self.replicas,
             opt_repr(self.model.as_deref()),
             opt_repr(self.serves),
             opt_repr(self.held_path),
             self.replicas_held,
-            self.mig_slices_held
+            self.mig_slices_held,
+            self.mig_replicas,
+            self.mig_replicas_held
         ))
     }
 }
@@ -414,6 +421,7 @@ pub struct PyUtilisation {
     replicas: usize,
     replicas_held: usize,
     mig_slices_held: usize,
+    mig_replicas_held: usize,
     owners: usize,
     owners_device_plugin: usize,
     owners_dra: usize,
@@ -424,8 +432,8 @@ impl PyUtilisation {
     fn __repr__(&self) -> String {
         format!(
             "Utilisation(gpus={}, gpus_held_whole={}, gpus_shared={}, gpus_free={}, replicas={}, \
-             replicas_held={}, mig_slices_held={}, owners={}, owners_device_plugin={}, \
-             owners_dra={})",
+             replicas_held={}, mig_slices_held={}, mig_replicas_held={}, owners={}, \
+             owners_device_plugin={}, owners_dra={})",
             self.gpus,
             self.gpus_held_whole,
             self.gpus_shared,
@@ -433,6 +441,7 @@ impl PyUtilisation {
             self.replicas,
             self.replicas_held,
             self.mig_slices_held,
+            self.mig_replicas_held,
             self.owners,
             self.owners_device_plugin,
             self.owners_dra
@@ -442,6 +451,113 @@ impl PyUtilisation {
 
 /// An owner and its devices, as Python objects.
 type Holding = (Py<PyAny>, Vec<Py<PyAny>>);
+
+fn holdings_to_py(py: Python<'_>, hs: Vec<(Owner, Vec<Device>)>) -> PyResult<Vec<Holding>> {
+    hs.into_iter()
+        .map(|(o, ds)| Ok((owner_to_py(py, o)?, devices_to_py(py, &ds)?)))
+        .collect()
+}
+
+/// One owner's holding in the ledger, with its place in the allocation sequence.
+#[pyclass(frozen, get_all, name = "Allocation", module = "gpulet._core")]
+pub struct PyAllocation {
+    owner: Py<PyAny>,
+    devices: Vec<Py<PyAny>>,
+    seq: u64,
+    pending: bool,
+}
+
+#[pymethods]
+impl PyAllocation {
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        let devices = self
+            .devices
+            .iter()
+            .map(|d| Ok(d.bind(py).repr()?.to_string()))
+            .collect::<PyResult<Vec<_>>>()?;
+        Ok(format!(
+            "Allocation(owner={}, devices=[{}], seq={}, pending={})",
+            self.owner.bind(py).repr()?,
+            devices.join(", "),
+            self.seq,
+            if self.pending { "True" } else { "False" }
+        ))
+    }
+}
+
+/// What one reconciliation with the kubelet's PodResources List changed.
+#[pyclass(frozen, get_all, name = "Reconciliation", module = "gpulet._core")]
+pub struct PyReconciliation {
+    attributed: Vec<Holding>,
+    released: Vec<Holding>,
+    reassigned: Vec<Holding>,
+    conflicts: Vec<(Py<PyAny>, Vec<Py<PyAny>>, String)>,
+}
+
+#[pymethods]
+impl PyReconciliation {
+    fn __repr__(&self) -> String {
+        format!(
+            "Reconciliation(attributed={}, released={}, reassigned={}, conflicts={})",
+            self.attributed.len(),
+            self.released.len(),
+            self.reassigned.len(),
+            self.conflicts.len()
+        )
+    }
+}
+
+fn mig_replicas_from(
+    uuid: &str,
+    mig_replicas: Option<&Bound<'_, PyDict>>,
+) -> PyResult<Vec<MigReplicas>> {
+    let Some(d) = mig_replicas else {
+        return Ok(Vec::new());
+    };
+    d.iter()
+        .map(|(k, v)| {
+            let (profile_id, start) = k.extract::<(i64, i64)>().map_err(|_| {
+                PyTypeError::new_err(format!(
+                    "GPU {uuid}: mig_replicas maps (profile id, start) to a replica count; got \
+                     the key {}",
+                    k.repr().map(|r| r.to_string()).unwrap_or_default()
+                ))
+            })?;
+            let replicas: i64 = v.extract()?;
+            let field = |what: &str, n: i64| {
+                u32::try_from(n).map_err(|_| {
+                    invalid(format!(
+                        "GPU {uuid}: mig_replicas[({profile_id}, {start})] has {what} {n} out of \
+                         range"
+                    ))
+                })
+            };
+            Ok(MigReplicas {
+                profile_id: field("profile id", profile_id)?,
+                start: field("start", start)?,
+                replicas: field("replica count", replicas)?,
+            })
+        })
+        .collect()
+}
+
+fn listed_from(obj: &Bound<'_, PyAny>) -> PyResult<Vec<(Owner, Vec<Device>)>> {
+    obj.try_iter()?
+        .map(|item| {
+            let item = item?;
+            let t = item.cast::<PyTuple>().map_err(|_| {
+                PyTypeError::new_err("each listed entry is a tuple (owner, devices)")
+            })?;
+            if t.len() != 2 {
+                return Err(PyTypeError::new_err(
+                    "each listed entry is a tuple (owner, devices)",
+                ));
+            }
+            let owner = with_owner(&t.get_item(0)?, |o| (**o).clone())?;
+            Ok((owner, devices_from(&t.get_item(1)?)?))
+        })
+        .collect()
+}
 
 /// Who holds which GPU, MIG slice and replica (see `gpulet.alloc.Ledger`).
 #[pyclass(frozen, name = "Ledger", module = "gpulet._core")]
@@ -458,14 +574,16 @@ impl PyLedger {
         }
     }
 
-    #[pyo3(signature = (uuid, replicas = 0, model = None, serves = None))]
+    #[pyo3(signature = (uuid, replicas = 0, model = None, serves = None, mig_replicas = None))]
     fn register_gpu(
         &self,
         uuid: String,
         replicas: i64,
         model: Option<String>,
         serves: Option<&str>,
+        mig_replicas: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<()> {
+        let mig_replicas = mig_replicas_from(&uuid, mig_replicas)?;
         let replicas = u32::try_from(replicas).map_err(|_| {
             invalid(format!(
                 "GPU {uuid}: replicas must be 0 or more, got {replicas}"
@@ -478,7 +596,7 @@ impl PyLedger {
                 replicas,
                 model,
                 serves,
-                mig_replicas: Vec::new(),
+                mig_replicas,
             })
             .py()
     }
@@ -487,14 +605,112 @@ impl PyLedger {
         self.inner.unregister_gpu(uuid).py()
     }
 
-    fn allocate(&self, owner: &Bound<'_, PyAny>, devices: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn allocate(
+        &self,
+        py: Python<'_>,
+        owner: &Bound<'_, PyAny>,
+        devices: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
         let devices = devices_from(devices)?;
-        with_owner(owner, |o| self.inner.allocate_shared(o, devices))?.py()
+        let owner = with_owner(owner, Arc::clone)?;
+        py.detach(|| self.inner.allocate_shared(&owner, devices))
+            .py()
+    }
+
+    /// Returns the device-plugin owners released because the kubelet gave their devices to
+    /// the new pending owners.
+    fn allocate_pending(
+        &self,
+        py: Python<'_>,
+        resource: &str,
+        requests: &Bound<'_, PyAny>,
+    ) -> PyResult<Vec<Holding>> {
+        if requests.is_instance_of::<PyString>() {
+            return Err(PyTypeError::new_err(
+                "requests must be a sequence of device sequences, one per container",
+            ));
+        }
+        let requests = requests
+            .try_iter()?
+            .map(|r| devices_from(&r?))
+            .collect::<PyResult<Vec<_>>>()?;
+        let done = py
+            .detach(|| self.inner.allocate_pending(resource, requests))
+            .py()?;
+        let released: Vec<(Owner, Vec<Device>)> =
+            done.into_iter().flat_map(|p| p.released).collect();
+        if released.is_empty() {
+            return Ok(Vec::new());
+        }
+        holdings_to_py(py, released)
+    }
+
+    fn mark(&self) -> u64 {
+        self.inner.mark()
+    }
+
+    fn reconcile(
+        &self,
+        py: Python<'_>,
+        listed: &Bound<'_, PyAny>,
+        mark: i64,
+    ) -> PyResult<PyReconciliation> {
+        let mark = u64::try_from(mark)
+            .map_err(|_| invalid(format!("mark must be 0 or more, got {mark}")))?;
+        let listed = listed_from(listed)?;
+        let r = py.detach(|| self.inner.reconcile(listed, mark)).py()?;
+        Ok(PyReconciliation {
+            attributed: holdings_to_py(py, r.attributed)?,
+            released: holdings_to_py(py, r.released)?,
+            reassigned: holdings_to_py(py, r.reassigned)?,
+            conflicts: r
+                .conflicts
+                .into_iter()
+                .map(|(o, ds, e)| Ok((owner_to_py(py, o)?, devices_to_py(py, &ds)?, e.to_string())))
+                .collect::<PyResult<Vec<_>>>()?,
+        })
     }
 
     fn release(&self, py: Python<'_>, owner: &Bound<'_, PyAny>) -> PyResult<Vec<Py<PyAny>>> {
         let released = with_owner(owner, |o| self.inner.release(o))?;
         devices_to_py(py, &released)
+    }
+
+    fn release_path(&self, py: Python<'_>, path: &str) -> PyResult<Vec<Holding>> {
+        let path = path_from(path)?;
+        holdings_to_py(py, self.inner.release_path(path))
+    }
+
+    #[pyo3(signature = (path = None))]
+    fn allocations(&self, py: Python<'_>, path: Option<&str>) -> PyResult<Vec<PyAllocation>> {
+        let path = path.map(path_from).transpose()?;
+        self.inner
+            .allocations(path)
+            .into_iter()
+            .map(|a| {
+                Ok(PyAllocation {
+                    owner: owner_to_py(py, a.owner)?,
+                    devices: devices_to_py(py, &a.devices)?,
+                    seq: a.seq,
+                    pending: a.pending,
+                })
+            })
+            .collect()
+    }
+
+    #[pyo3(signature = (devices, path = None))]
+    fn held_per_gpu(
+        &self,
+        devices: &Bound<'_, PyAny>,
+        path: Option<&str>,
+    ) -> PyResult<HashMap<String, u32>> {
+        let path = path.map(path_from).transpose()?;
+        let devices = devices_from(devices)?;
+        Ok(self
+            .inner
+            .held_per_gpu(&devices, path)
+            .into_iter()
+            .collect())
     }
 
     fn holder_of(&self, py: Python<'_>, device: &Bound<'_, PyAny>) -> PyResult<Option<Py<PyAny>>> {
@@ -512,11 +728,7 @@ impl PyLedger {
     }
 
     fn holdings(&self, py: Python<'_>) -> PyResult<Vec<Holding>> {
-        self.inner
-            .holdings()
-            .into_iter()
-            .map(|(o, ds)| Ok((owner_to_py(py, o)?, devices_to_py(py, &ds)?)))
-            .collect()
+        holdings_to_py(py, self.inner.holdings())
     }
 
     #[pyo3(signature = (path = None))]
@@ -539,6 +751,8 @@ impl PyLedger {
                     whole: u.whole.map(|o| owner_to_py(py, o)).transpose()?,
                     replicas_held: u.replicas_held,
                     mig_slices_held: u.mig_slices_held,
+                    mig_replicas: u.mig_replicas,
+                    mig_replicas_held: u.mig_replicas_held,
                 })
             })
             .collect()
@@ -554,6 +768,7 @@ impl PyLedger {
             replicas: u.replicas,
             replicas_held: u.replicas_held,
             mig_slices_held: u.mig_slices_held,
+            mig_replicas_held: u.mig_replicas_held,
             owners: u.owners,
             owners_device_plugin: u.owners_device_plugin,
             owners_dra: u.owners_dra,
@@ -586,6 +801,8 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         "REPLICA_SEPARATOR",
         gpulet_core::alloc::ids::REPLICA_SEPARATOR,
     )?;
+    m.add("PENDING_NAMESPACE", PENDING_NAMESPACE)?;
+    m.add("SHARED_NAMESPACE", SHARED_NAMESPACE)?;
     m.add_function(wrap_pyfunction!(preferred, m)?)?;
     m.add_function(wrap_pyfunction!(prepare, m)?)?;
     m.add_function(wrap_pyfunction!(score, m)?)?;
@@ -595,5 +812,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyGpuUsage>()?;
     m.add_class::<PyUtilisation>()?;
     m.add_class::<PyLedger>()?;
+    m.add_class::<PyAllocation>()?;
+    m.add_class::<PyReconciliation>()?;
     Ok(())
 }
