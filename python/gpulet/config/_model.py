@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import yaml
 
+from gpulet import _core
 from gpulet.config._duration import format_go_duration
 
 __all__ = [
@@ -81,7 +82,8 @@ ALLOCATION_POLICIES: tuple[AllocationPolicy, ...] = ("distributed", "packed")
 DEVICE_DISCOVERY_STRATEGIES: tuple[DeviceDiscoveryStrategy, ...] = ("auto", "nvml", "tegra")
 HEALTH_PRESETS: tuple[HealthPreset, ...] = ("xid-catalog", "nvidia-device-plugin")
 
-RESOURCE_NAME_PREFIX = "nvidia.com"
+#: NVIDIA's resource domain (``nvidia.com/gpu``), one rule in the core.
+RESOURCE_NAME_PREFIX: str = _core.RESOURCE_NAME_PREFIX
 SHARED_RESOURCE_SUFFIX = ".shared"
 DEFAULT_KUBELET_ROOT = "/var/lib/kubelet"
 #: The port of /healthz, /readyz and /metrics: not dcgm-exporter's 9400, so that both can run
