@@ -5,7 +5,11 @@ Full run (numbers in benches/RESULTS.md):
 Smoke run (the test command): ``pytest benches/ --benchmark-disable`` runs each bench once.
 
 The ledger benches time one allocate + release pair per call, so pytest-benchmark's OPS column
-is pairs per second (calls per second are twice that). The Rust-side comparison of preferred
+is pairs per second (calls per second are twice that). The device-plugin state benches time one
+``DevicePluginState.allocate`` (one container, as the kubelet's Allocate) on a simulated DGX H100:
+a repeat (the devices already held by a pending owner: recorded nothing new), and a new
+allocation that takes devices from the previous pending owner (released: the kubelet's
+reassignment path), as when pods come and go. The Rust-side comparison of preferred
 allocation against go-gpuallocator's enumeration is the criterion bench
 ``rust/gpulet-core/benches/alloc.rs``.
 """
@@ -18,8 +22,11 @@ from typing import Any
 
 import pytest
 
-from gpulet import Topology, alloc
+import gpulet
+from gpulet import Topology, alloc, config
 from gpulet.alloc import ClaimOwner, ContainerOwner, Device, Ledger, Owner
+from gpulet.deviceplugin import build_resources
+from gpulet.deviceplugin.state import DevicePluginState
 
 Benchmark = Any  # pytest-benchmark's fixture has no public type
 
@@ -119,3 +126,32 @@ def test_preferred(benchmark: Benchmark, gpus: int, size: int) -> None:
     got = benchmark(alloc.preferred, topo, available, [gpus // 2 + 1], size=size)
     assert len(got) == size
     assert gpus // 2 + 1 in got
+
+
+@pytest.fixture(scope="module")
+def dgx_h100_state() -> DevicePluginState:
+    cfg = config.parse({"version": "v1"})
+    with gpulet.simulated("dgx-h100"):
+        node = gpulet.discover()
+    return DevicePluginState(node, cfg, build_resources(node, cfg))
+
+
+@pytest.mark.parametrize("path", ["repeat", "reassign"])
+def test_state_allocate(benchmark: Benchmark, dgx_h100_state: DevicePluginState, path: str) -> None:
+    s = dgx_h100_state
+    ids = [d.device.id for d in s.list_devices("nvidia.com/gpu")]
+    if path == "repeat":
+        s.allocate("nvidia.com/gpu", [ids[:2]])
+        requests = [[ids[:2]], [ids[1:2]]]
+    else:
+        # [a, b], [b, c], [c, d], ...: each call shares one device with the previous one, so
+        # it is a new pending owner that releases the previous one.
+        requests = [[[ids[i], ids[(i + 1) % 8]]] for i in range(8)]
+    it = itertools.cycle(requests)
+    allocate = s.allocate
+
+    def op() -> None:
+        allocate("nvidia.com/gpu", next(it))
+
+    benchmark(op)
+    assert len(s.assignments()) == 1

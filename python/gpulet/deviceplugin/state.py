@@ -1,20 +1,22 @@
 """The device plugin's state: the one object that decides what the device plugin hands out.
 
 The device plugin's servicers translate kubelet messages into calls here; this object checks
-them against the inventory, the devices' health and the ledger (the Rust core's bookkeeping of
-who holds which GPU, MIG slice and replica), records the outcome, and tells ListAndWatch
-streams when anything they list changed. Every other path (DRA, telemetry) reads the same
-ledger, so a GPU is never handed out twice.
+them against the inventory and the devices' health, maps advertised device IDs to the ledger's
+devices and back, and has the ledger (the Rust core's record of who holds which GPU, MIG slice
+and replica) decide and record. It keeps no copy of who holds what: every other path (DRA,
+telemetry) reads the same ledger, so a GPU is never handed out twice.
 
 The kubelet's Allocate names no pod. An allocation is first held by a *pending* owner
 (``gpulet-pending/allocate-<n>/<resource>``); reconciling with the kubelet's PodResources List
 moves it to the container the kubelet reports (attribution) and releases what the kubelet no
 longer reports (release). The kubelet is the authority on device-plugin devices: when it
-assigns a device this object still records for another device-plugin owner, the old owner is
-gone and is released. A device held through DRA is refused.
+assigns a device the ledger records for another device-plugin owner, the old owner is gone and
+is released. A device held through DRA is refused. These rules are the ledger's
+(``Ledger.allocate_pending`` and ``Ledger.reconcile``); a shared MIG device's replicas are ledger
+devices too, and the ledger holds their MIG slice while any of them is held.
 
-Every method is thread-safe (one re-entrant lock); none blocks on I/O. ``set_health`` may be
-called from any thread.
+Every method is thread-safe (the ledger locks); none blocks on I/O. ``set_health`` may be called
+from any thread.
 """
 
 from __future__ import annotations
@@ -22,14 +24,13 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
-import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from gpulet import alloc
 from gpulet._core import Node, Topology
-from gpulet.alloc import ContainerOwner, Ledger
+from gpulet.alloc import PENDING_NAMESPACE, SHARED_NAMESPACE, ContainerOwner, Ledger
 from gpulet.config import Config
 from gpulet.deviceplugin.resources import PluginDevice, ResourceSet, ResourceSpec
 from gpulet.errors import ConflictError, GpuletError, InfeasibleError, InvalidArgumentError
@@ -49,10 +50,8 @@ __all__ = [
 
 log = logging.getLogger("gpulet.agent")
 
-#: Namespace of the owner that holds an allocation until PodResources names its container.
-PENDING_NAMESPACE = "gpulet-pending"
-#: Namespace of the owner that holds a shared MIG slice for all of its replicas.
-SHARED_NAMESPACE = "gpulet-shared"
+#: The path the device plugin holds devices through.
+PATH = "device-plugin"
 
 ErrorCode = Literal["invalid-argument", "failed-precondition"]
 
@@ -104,22 +103,33 @@ class ReconcileReport:
     conflicts: tuple[str, ...] = ()
 
 
-@dataclass
-class _Holding:
-    owner: ContainerOwner
-    ids: frozenset[str]
-    #: Ledger devices the owner holds itself (shared MIG slices are held by a shared owner).
-    keys: tuple[alloc.Device, ...]
-    seq: int
-    pending: bool
+def _mig_replica_counts(resources: ResourceSet) -> dict[str, dict[tuple[int, int], int]]:
+    """Per GPU UUID, the MIG slices shared as replicas: (profile id, start) -> replicas."""
+    out: dict[str, dict[tuple[int, int], int]] = {}
+    for r in resources.resources:
+        for d in r.devices:
+            s = d.physical.mig_slice
+            if d.shared and s is not None:
+                out.setdefault(s[0], {})[(s[1], s[2])] = d.replicas
+    return out
 
 
-@dataclass
-class _Saved:
-    ledger: bytes
-    holdings: dict[ContainerOwner, _Holding]
-    holder: dict[str, _Holding]
-    shared: dict[alloc.MigSlice, ContainerOwner]
+def _ledger_key(d: PluginDevice, placeable: set[str]) -> alloc.Device:
+    """The ledger's name of an advertised device: the GPU UUID, the replica ``<UUID>::<n>``,
+    the MIG slice, the replica of a MIG slice, or (a MIG device whose slice the ledger cannot
+    place: no placement from NVML, a compute instance smaller than its GPU instance, or a GPU
+    whose model, and so its slices, the ledger does not know) the MIG device by its ID."""
+    p = d.physical
+    if p.is_mig:
+        s = p.mig_slice
+        if s is None or p.gpu_uuid not in placeable:
+            return (p.gpu_uuid, d.id)
+        if d.replica is not None:
+            return (s[0], s[1], s[2], d.replica)
+        return s
+    if d.replica is not None:
+        return alloc.replica_id(p.uuid, d.replica)
+    return p.uuid
 
 
 class DevicePluginState:
@@ -132,7 +142,7 @@ class DevicePluginState:
         resources: what the device plugin advertises
             (:func:`gpulet.deviceplugin.build_resources`).
         ledger: the ledger to record in (a new one when ``None``); the resources' GPUs are
-            registered in it.
+            registered in it, with their MIG slices shared as replicas.
     """
 
     def __init__(
@@ -150,21 +160,55 @@ class DevicePluginState:
         self.resources = resources
         self.topology: Topology = self.node_inventory.topology
         self.ledger = ledger if ledger is not None else Ledger()
-        for reg in resources.gpus:
-            self.ledger.register_gpu(
-                reg.uuid, replicas=reg.replicas, model=reg.model, serves=reg.serves
-            )
-        self._lock = threading.RLock()
-        self._holdings: dict[ContainerOwner, _Holding] = {}
-        self._holder: dict[str, _Holding] = {}
-        self._shared: dict[alloc.MigSlice, ContainerOwner] = {}
-        self._seq = 0
-        self._gpu_index = {g.uuid: g.index for g in self.node.gpus}
+        placeable = self._register()
+        self._specs = {r.name: r for r in resources.resources}
+        #: Advertised ID -> the ledger's device, and back (one to one).
+        self._keys: dict[str, alloc.Device] = {
+            d.id: _ledger_key(d, placeable) for d in resources.by_id.values()
+        }
+        self._ids: dict[alloc.Device, str] = {k: i for i, k in self._keys.items()}
+        #: Per resource, the ledger's devices it advertises.
+        self._resource_keys = {
+            r.name: [self._keys[d.id] for d in r.devices] for r in resources.resources
+        }
         self._totals: dict[str, dict[str, int]] = {}
         self._last_disagreement: tuple[tuple[str, tuple[int, int]], ...] | None = None
         #: Called when the kubelet's view of devices in use differs from the records (the
         #: agent reconciles with PodResources soon after).
         self.on_stale: Callable[[], None] | None = None
+
+    def _register(self) -> set[str]:
+        """Register the resources' GPUs in the ledger; returns the UUIDs of those whose MIG
+        slices the ledger can name (the model is known and, where slices are shared as
+        replicas, the ledger accepts their placements)."""
+        counts = _mig_replica_counts(self.resources)
+        placeable = set()
+        for reg in self.resources.gpus:
+            mig_replicas = counts.get(reg.uuid) if reg.model is not None else None
+            try:
+                self.ledger.register_gpu(
+                    reg.uuid,
+                    replicas=reg.replicas,
+                    model=reg.model,
+                    serves=reg.serves,
+                    mig_replicas=mig_replicas,
+                )
+            except InvalidArgumentError as e:
+                if not mig_replicas:
+                    raise
+                log.warning(
+                    "GPU %s: the ledger cannot place its shared MIG devices (%s); they are held "
+                    "by their IDs",
+                    reg.uuid,
+                    e,
+                )
+                self.ledger.register_gpu(
+                    reg.uuid, replicas=reg.replicas, model=reg.model, serves=reg.serves
+                )
+                continue
+            if reg.model is not None:
+                placeable.add(reg.uuid)
+        return placeable
 
     # --- change notification and health (the node inventory's) -------------------------
 
@@ -204,12 +248,12 @@ class DevicePluginState:
     # --- preferred allocation ----------------------------------------------------------
 
     def _spec(self, resource: str) -> ResourceSpec:
-        try:
-            return self.resources.resource(resource)
-        except KeyError:
+        spec = self._specs.get(resource)
+        if spec is None:
             raise AllocationError(
                 "invalid-argument", f"this agent does not serve resource {resource}"
-            ) from None
+            )
+        return spec
 
     def _unknown(self, spec: ResourceSpec, ids: Iterable[str]) -> None:
         unknown = sorted({i for i in ids if i not in spec.by_id})
@@ -277,15 +321,16 @@ class DevicePluginState:
 
         The kubelet is the source of truth, as for NVIDIA's plugin: a device it does not offer
         (neither in ``available`` nor in ``required``) is in use, whatever the records say.
-        When the records disagree (they went stale, or the kubelet knows of an assignment not
-        reconciled yet), that is logged and a PodResources reconciliation is asked for.
+        When the records (the ledger's device-plugin owners of the resource's devices)
+        disagree (they went stale, or the kubelet knows of an assignment not reconciled yet),
+        that is logged and a PodResources reconciliation is asked for.
         """
         offered = collections.Counter(
             spec.by_id[i].physical.gpu_uuid for i in {*available, *required}
         )
         totals = self._per_gpu_totals(spec)
         kubelet = {g: n - offered.get(g, 0) for g, n in totals.items()}
-        recorded = self._held_per_gpu(spec)
+        recorded = self.ledger.held_per_gpu(self._resource_keys[spec.name], PATH)
         differ = {
             g: (recorded.get(g, 0), n)
             for g, n in kubelet.items()
@@ -312,16 +357,6 @@ class DevicePluginState:
             self._last_disagreement = None
         return kubelet
 
-    def _held_per_gpu(self, spec: ResourceSpec) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        with self._lock:
-            for i in self._holder:
-                d = spec.by_id.get(i)
-                if d is not None:
-                    g = d.physical.gpu_uuid
-                    counts[g] = counts.get(g, 0) + 1
-        return counts
-
     # --- allocation --------------------------------------------------------------------
 
     def check(self, resource: str, ids: Sequence[str]) -> list[PluginDevice]:
@@ -329,32 +364,37 @@ class DevicePluginState:
         spec = self._spec(resource)
         if not ids:
             raise AllocationError("invalid-argument", f"the request for {resource} names no device")
-        twice = sorted(i for i, n in collections.Counter(ids).items() if n > 1)
-        if twice:
-            raise AllocationError(
-                "invalid-argument",
-                f"the request for {resource} names {', '.join(twice)} more than once",
-            )
-        self._unknown(spec, ids)
-        devices = [spec.by_id[i] for i in ids]
+        by_id = spec.by_id
+        devices = [by_id.get(i) for i in ids]
+        if None in devices or len(set(ids)) != len(ids):
+            # Say what is wrong, in this order: repeated IDs, then unknown ones.
+            twice = sorted(i for i, n in collections.Counter(ids).items() if n > 1)
+            if twice:
+                raise AllocationError(
+                    "invalid-argument",
+                    f"the request for {resource} names {', '.join(twice)} more than once",
+                )
+            self._unknown(spec, ids)
+        checked = [d for d in devices if d is not None]
         if (
             spec.fail_requests_greater_than_one
-            and len(devices) > 1
-            and any(d.shared for d in devices)
+            and len(checked) > 1
+            and any(d.shared for d in checked)
         ):
             raise AllocationError(
                 "invalid-argument",
-                f"maximum request size for shared resources is 1; found {len(devices)} "
+                f"maximum request size for shared resources is 1; found {len(checked)} "
                 f"(sharing.{'mps' if spec.sharing == 'mps' else 'timeSlicing'}"
                 ".failRequestsGreaterThanOne)",
             )
-        for d in devices:
-            healthy, reason = self.health_of(d)
-            if not healthy:
-                raise AllocationError(
-                    "failed-precondition", f"device {d.id} is unhealthy: {reason}"
-                )
-        return devices
+        if self.node_inventory.unhealthy():
+            for d in checked:
+                healthy, reason = self.health_of(d)
+                if not healthy:
+                    raise AllocationError(
+                        "failed-precondition", f"device {d.id} is unhealthy: {reason}"
+                    )
+        return checked
 
     def allocate(
         self, resource: str, requests: Sequence[Sequence[str]]
@@ -363,197 +403,107 @@ class DevicePluginState:
 
         All or nothing: on any refusal (:class:`AllocationError`) nothing is recorded. A repeat
         (every device already held by one pending owner, as when the kubelet calls again for
-        the same devices) records nothing new.
+        the same devices) records nothing new. One call of the ledger
+        (``Ledger.allocate_pending``) decides and records.
         """
         checked = [self.check(resource, ids) for ids in requests]
-        with self._lock:
-            saved: _Saved | None = None
-            try:
-                for devices in checked:
-                    if self._is_repeat(devices):
-                        continue
-                    if saved is None:
-                        saved = self._save()
-                    self._seq += 1
-                    owner = ContainerOwner(PENDING_NAMESPACE, f"allocate-{self._seq}", resource)
-                    self._assign(owner, devices, pending=True)
-                self._collect_shared()
-            except AllocationError:
-                if saved is not None:
-                    self._restore(saved)
-                raise
-            except GpuletError as e:
-                if saved is not None:
-                    self._restore(saved)
-                raise _refusal(e) from None
+        keys = self._keys
+        try:
+            released = self.ledger.allocate_pending(
+                resource, [[keys[d.id] for d in devices] for devices in checked]
+            )
+        except GpuletError as e:
+            raise _refusal(e) from None
+        for owner, devices in released:
+            self._log_reassigned(owner, devices)
         return checked
 
-    def _is_repeat(self, devices: Sequence[PluginDevice]) -> bool:
-        # Only a pending owner's devices repeat (init container devices reused): devices of a
-        # container PodResources named were reassigned by the kubelet, its old owner is gone.
-        holders = {id(self._holder.get(d.id)) for d in devices}
-        first = self._holder.get(devices[0].id)
-        return len(holders) == 1 and first is not None and first.pending
-
-    def _assign(
-        self, owner: ContainerOwner, devices: Sequence[PluginDevice], *, pending: bool
-    ) -> None:
-        """Hold ``devices`` for ``owner``, releasing other device-plugin owners of them.
-        Raises ledger errors; the caller restores on failure."""
-        ids = frozenset(d.id for d in devices)
-        for h in {id(h): h for i in ids if (h := self._holder.get(i)) is not None}.values():
-            log.info(
-                "the kubelet assigned %s, held by %s; releasing %s",
-                ", ".join(sorted(ids & h.ids)),
-                h.owner,
-                h.owner,
-            )
-            self._release(h)
-        keys: list[alloc.Device] = []
-        for d in devices:
-            key = d.ledger_key
-            if key is None:
-                continue
-            if d.physical.is_mig and d.shared:
-                assert isinstance(key, tuple)
-                self._hold_shared(key, d)
-            else:
-                keys.append(key)
-        if keys:
-            self.ledger.allocate(owner, keys)
-        h = _Holding(owner, ids, tuple(keys), self._seq, pending)
-        self._holdings[owner] = h
-        for i in ids:
-            self._holder[i] = h
-
-    def _hold_shared(self, key: alloc.MigSlice, d: PluginDevice) -> None:
-        if key in self._shared:
-            return
-        owner = ContainerOwner(SHARED_NAMESPACE, d.physical.uuid, "replicas")
-        self.ledger.allocate(owner, [key])
-        self._shared[key] = owner
-
-    def _collect_shared(self) -> None:
-        """Release shared MIG slices none of whose replicas is held any more."""
-        needed: set[alloc.MigSlice] = set()
-        by_id = self.resources.by_id
-        for i in self._holder:
-            d = by_id.get(i)
-            if d is not None and d.physical.is_mig and d.shared and d.physical.mig_slice:
-                needed.add(d.physical.mig_slice)
-        for key, owner in list(self._shared.items()):
-            if key not in needed:
-                self.ledger.release(owner)
-                del self._shared[key]
-
-    def _release(self, h: _Holding) -> None:
-        if h.keys:
-            self.ledger.release(h.owner)
-        self._holdings.pop(h.owner, None)
-        for i in h.ids:
-            if self._holder.get(i) is h:
-                del self._holder[i]
-
-    def detach(self) -> None:
-        """Release everything this state holds in the ledger and unregister its GPUs (before a
-        new state with a new config takes over the same ledger; PodResources then attributes
-        the kubelet's assignments to the new state)."""
-        with self._lock:
-            for h in list(self._holdings.values()):
-                self._release(h)
-            for owner in set(self._shared.values()):
-                self.ledger.release(owner)
-            self._shared.clear()
-            for reg in self.resources.gpus:
-                self.ledger.unregister_gpu(reg.uuid)
-            self._changed()
-
-    def _save(self) -> _Saved:
-        return _Saved(
-            self.ledger.snapshot(), dict(self._holdings), dict(self._holder), dict(self._shared)
+    def _log_reassigned(self, owner: alloc.Owner, devices: Sequence[alloc.Device]) -> None:
+        log.info(
+            "the kubelet assigned %s, held by %s; releasing %s",
+            ", ".join(self._ids_of(devices)),
+            owner,
+            owner,
         )
 
-    def _restore(self, saved: _Saved) -> None:
-        self.ledger.restore(saved.ledger)
-        self._holdings = saved.holdings
-        self._holder = saved.holder
-        self._shared = saved.shared
+    def _ids_of(self, devices: Iterable[alloc.Device]) -> list[str]:
+        """The advertised IDs of ledger devices, sorted (devices this state does not advertise
+        are named as the ledger names them)."""
+        return sorted(self._ids.get(k, str(k)) for k in devices)
+
+    def detach(self) -> None:
+        """Release everything the device plugin holds in the ledger and unregister this state's
+        GPUs (before a new state with a new config takes over the same ledger; PodResources
+        then attributes the kubelet's assignments to the new state)."""
+        self.ledger.release_path(PATH)
+        for reg in self.resources.gpus:
+            self.ledger.unregister_gpu(reg.uuid)
+        self._changed()
 
     # --- attribution -------------------------------------------------------------------
 
     def mark(self) -> int:
         """A point in the allocation sequence; pass it to :meth:`reconcile` for a PodResources
         List started now (allocations after the mark are not judged by that list)."""
-        with self._lock:
-            return self._seq
+        return self.ledger.mark()
 
     def reconcile(self, listed: Iterable[ContainerDevices], mark: int) -> ReconcileReport:
         """Attribute and release by the kubelet's PodResources List, started at ``mark``.
 
         Devices the list gives a container move to that container; pending allocations made
         before ``mark`` that the list does not name are released (their container is gone, or
-        was an init container), and so are containers no longer listed.
+        was an init container), and so are containers no longer listed. The ledger does it
+        (``Ledger.reconcile``); this maps the list's IDs to the ledger's devices.
         """
-        by_id = self.resources.by_id
+        keys = self._keys
         unknown: set[str] = set()
-        desired: dict[ContainerOwner, set[str]] = {}
-        served = {r.name for r in self.resources.resources}
+        desired: dict[ContainerOwner, list[alloc.Device]] = {}
+        served = self._specs
         for c in listed:
             if c.resource not in served:
                 continue
             owner = ContainerOwner(c.namespace, c.pod, c.container)
             for i in c.ids:
-                if i in by_id:
-                    desired.setdefault(owner, set()).add(i)
+                k = keys.get(i)
+                if k is not None:
+                    desired.setdefault(owner, []).append(k)
                 else:
                     unknown.add(i)
-        released = attributed = 0
-        conflicts: list[str] = []
-        with self._lock:
-            kept_ids: set[str] = set()
-            for h in list(self._holdings.values()):
-                if h.pending:
-                    if h.seq > mark:
-                        kept_ids |= h.ids
-                        continue
-                    self._release(h)
-                    if not any(h.ids & ids for ids in desired.values()):
-                        released += 1
-                elif desired.get(h.owner) != set(h.ids):
-                    self._release(h)
-                    if h.owner not in desired:
-                        released += 1
-            for owner, ids in sorted(desired.items(), key=lambda kv: str(kv[0])):
-                ids = ids - kept_ids
-                if not ids:
-                    continue
-                if owner in self._holdings:
-                    continue
-                devices = [by_id[i] for i in sorted(ids)]
-                saved = self._save()
-                try:
-                    self._assign(owner, devices, pending=False)
-                    attributed += 1
-                except GpuletError as e:
-                    self._restore(saved)
-                    conflicts.append(f"{owner}: {e}")
-                    log.warning("cannot attribute %s to %s: %s", sorted(ids), owner, e)
-            self._collect_shared()
-        return ReconcileReport(attributed, released, tuple(sorted(unknown)), tuple(conflicts))
+        r = self.ledger.reconcile(desired.items(), mark)
+        for gone, devices in r.reassigned:
+            self._log_reassigned(gone, devices)
+        conflicts = []
+        for listed_owner, devices, message in r.conflicts:
+            conflicts.append(f"{listed_owner}: {message}")
+            log.warning(
+                "cannot attribute %s to %s: %s", self._ids_of(devices), listed_owner, message
+            )
+        return ReconcileReport(
+            len(r.attributed), len(r.released), tuple(sorted(unknown)), tuple(conflicts)
+        )
 
     def assignments(self) -> list[Assignment]:
-        """Every device-plugin owner and the IDs it holds."""
-        with self._lock:
-            return [
-                Assignment(h.owner, tuple(sorted(h.ids)), h.pending)
-                for h in sorted(self._holdings.values(), key=lambda h: h.seq)
-            ]
+        """Every device-plugin owner and the IDs it holds, in the order of the allocation
+        sequence."""
+        out = []
+        for a in self.ledger.allocations(PATH):
+            if isinstance(a.owner, ContainerOwner):
+                out.append(Assignment(a.owner, tuple(self._ids_of(a.devices)), a.pending))
+        return out
 
     def holder(self, device_id: str) -> ContainerOwner | None:
-        """The device-plugin owner of an advertised ID (``None``: free)."""
-        with self._lock:
-            h = self._holder.get(device_id)
-            return h.owner if h is not None else None
+        """The device-plugin owner of an advertised ID (``None``: free, held through DRA, or
+        not an ID this state advertises)."""
+        key = self._keys.get(device_id)
+        if key is None:
+            return None
+        try:
+            owner = self.ledger.holder_of(key)
+        except GpuletError:
+            return None  # its GPU is no longer registered (detached)
+        if isinstance(owner, ContainerOwner) and owner.path == PATH:
+            return owner
+        return None
 
 
 def _refusal(e: GpuletError) -> AllocationError:
