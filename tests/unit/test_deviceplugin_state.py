@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import pathlib
 from typing import Any
 
@@ -17,6 +18,7 @@ from gpulet.deviceplugin.state import (
     PENDING_NAMESPACE,
     SHARED_NAMESPACE,
     AllocationError,
+    Assignment,
     ContainerDevices,
     DevicePluginState,
 )
@@ -350,3 +352,102 @@ def test_preferred_replicas_trust_the_kubelet_over_stale_records(dgx_h100: Node)
     stale.clear()
     s.preferred(GPU, [i for i in ids(s) if i not in by_gpu[held][:2]], [], 2)
     assert not stale
+
+
+def test_the_ledger_is_the_only_record(dgx_h100: Node) -> None:
+    # Everything the state answers comes from the ledger: put the ledger back as it was and
+    # the state's answers follow (a copy kept beside the ledger would not).
+    s = make(dgx_h100)
+    a, b = ids(s)[:2]
+    s.allocate(GPU, [[a], [b]])
+    snapshot, assignments, mark = s.ledger.snapshot(), s.assignments(), s.mark()
+    s.reconcile([], s.mark())
+    assert s.assignments() == []
+    s.ledger.restore(snapshot)
+    assert s.assignments() == assignments
+    assert s.mark() == mark
+    assert s.holder(a) == assignments[0].owner
+    # A repeat is judged by the restored ledger too.
+    s.allocate(GPU, [[a]])
+    assert s.ledger.snapshot() == snapshot
+    # The ledger's allocations are the state's assignments.
+    [first, second] = s.ledger.allocations("device-plugin")
+    assert (first.devices, first.pending) == ([a], True)
+    assert first.seq < second.seq
+
+
+def test_mig_replicas_are_ledger_devices(hgx_h200: Node) -> None:
+    mig = "nvidia.com/mig-3g.71gb"
+    s = make(
+        hgx_h200,
+        flags={"migStrategy": "mixed"},
+        sharing={"timeSlicing": {"resources": [{"name": mig, "replicas": 3}]}},
+    )
+    r0, r1, r2 = ids(s, mig)
+    parent = hgx_h200.gpus[7].uuid
+    s.allocate(mig, [[r0]])
+    owner = s.holder(r0)
+    assert owner is not None
+    assert s.ledger.holder_of((parent, 9, 4, 0)) == owner
+    assert s.ledger.holder_of((parent, 9, 4, 1)) is None
+    assert s.ledger.devices_of(owner) == [(parent, 9, 4, 0)]
+    assert alloc.replicas_allocated(s.ledger)[parent] == 1
+    with pytest.raises(gpulet.errors.ConflictError, match="device-plugin path"):
+        s.ledger.allocate(ClaimOwner("c"), [(parent, 9, 4, 2)])
+    # Replica selection counts the ledger's replicas: when the kubelet offers all but the held
+    # one, the views agree; when it offers all three, the records are stale.
+    stale: list[int] = []
+    s.on_stale = lambda: stale.append(1)
+    assert len(s.preferred(mig, [r1, r2], [], 1)) == 1
+    assert not stale
+    s.preferred(mig, [r0, r1, r2], [], 1)
+    assert stale
+
+
+def test_mig_devices_without_a_placement_are_held_in_the_ledger(hgx_h200: Node) -> None:
+    # NVML gave no placement for the 2g.35gb device: the ledger holds it by its ID.
+    cfg = config.parse({"version": "v1", "flags": {"migStrategy": "mixed"}})
+    resources = build_resources(hgx_h200, cfg)
+    mig = "nvidia.com/mig-2g.35gb"
+    spec = resources.resource(mig)
+    (d,) = spec.devices
+    assert d.physical.mig is not None
+    unplaced = dataclasses.replace(
+        d,
+        physical=dataclasses.replace(
+            d.physical, mig=dataclasses.replace(d.physical.mig, placement_start=None)
+        ),
+    )
+    resources = dataclasses.replace(
+        resources,
+        resources=tuple(
+            dataclasses.replace(r, devices=(unplaced,)) if r.name == mig else r
+            for r in resources.resources
+        ),
+    )
+    s = DevicePluginState(hgx_h200, cfg, resources)
+    parent = hgx_h200.gpus[7].uuid
+    s.allocate(mig, [[d.id]])
+    owner = s.holder(d.id)
+    assert owner is not None
+    assert s.ledger.holder_of((parent, d.id)) == owner
+    assert s.assignments() == [Assignment(owner, (d.id,), True)]
+    # The GPU is split into MIG devices: DRA cannot take it, nor anything on it.
+    with pytest.raises(gpulet.errors.ConflictError):
+        s.ledger.allocate(ClaimOwner("c"), [parent])
+    s.reconcile([ContainerDevices("ns", "p", "c", mig, (d.id,))], s.mark())
+    assert s.ledger.holder_of((parent, d.id)) == ContainerOwner("ns", "p", "c")
+    s.reconcile([], s.mark())
+    assert s.ledger.holder_of((parent, d.id)) is None
+
+
+def test_detach_releases_the_device_plugin_and_leaves_dra(dgx_h100: Node) -> None:
+    s = make(dgx_h100)
+    a = ids(s)[0]
+    s.allocate(GPU, [[a]])
+    s.detach()
+    assert s.ledger.allocations() == []
+    assert s.holder(a) is None
+    again = DevicePluginState(dgx_h100, s.config, s.resources, s.ledger)
+    again.allocate(GPU, [[a]])
+    assert again.holder(a) is not None

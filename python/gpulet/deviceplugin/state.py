@@ -414,14 +414,19 @@ class DevicePluginState:
             )
         except GpuletError as e:
             raise _refusal(e) from None
-        for owner, devices in released:
-            self._log_reassigned(owner, devices)
+        if released:
+            requested = {d.id for devices in checked for d in devices}
+            for owner, devices in released:
+                self._log_reassigned(owner, devices, requested)
         return checked
 
-    def _log_reassigned(self, owner: alloc.Owner, devices: Sequence[alloc.Device]) -> None:
+    def _log_reassigned(
+        self, owner: alloc.Owner, devices: Sequence[alloc.Device], requested: set[str]
+    ) -> None:
+        taken = [i for i in self._ids_of(devices) if i in requested]
         log.info(
             "the kubelet assigned %s, held by %s; releasing %s",
-            ", ".join(self._ids_of(devices)),
+            ", ".join(taken),
             owner,
             owner,
         )
@@ -470,8 +475,10 @@ class DevicePluginState:
                 else:
                     unknown.add(i)
         r = self.ledger.reconcile(desired.items(), mark)
-        for gone, devices in r.reassigned:
-            self._log_reassigned(gone, devices)
+        if r.reassigned:
+            given = {self._ids.get(k, str(k)) for _, ds in r.attributed for k in ds}
+            for gone, devices in r.reassigned:
+                self._log_reassigned(gone, devices, given)
         conflicts = []
         for listed_owner, devices, message in r.conflicts:
             conflicts.append(f"{listed_owner}: {message}")
