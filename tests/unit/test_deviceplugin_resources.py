@@ -75,7 +75,7 @@ def test_none_strategy_every_gpu_whole(hgx_h200: Node) -> None:
     numa = collections.Counter(d.physical.numa_node for d in r.devices)
     assert numa == {0: 4, 1: 4}
     # The MIG-enabled GPU is advertised whole; its ledger key is its UUID.
-    assert r.devices[7].ledger_key == hgx_h200.gpus[7].uuid
+    assert r.devices[7].ledger_key() == hgx_h200.gpus[7].uuid
 
 
 def test_mixed_strategy_names_mig_resources(hgx_h200: Node) -> None:
@@ -90,7 +90,7 @@ def test_mixed_strategy_names_mig_resources(hgx_h200: Node) -> None:
     assert mig.id == parent.mig_devices[0].uuid
     assert mig.physical.index == "7:0"
     assert mig.physical.numa_node == 1
-    assert mig.ledger_key == (parent.uuid, 9, 4)
+    assert mig.ledger_key() == (parent.uuid, 9, 4)
     assert not inv.resource("nvidia.com/mig-3g.71gb").whole_gpus
     assert inv.gpus[7].model == "NVIDIA H200"
 
@@ -135,7 +135,7 @@ def test_time_slicing_replicas(dgx_h100: Node) -> None:
     assert r.sharing == "time-slicing"
     assert not r.fail_requests_greater_than_one
     assert r.devices[5].id == f"{dgx_h100.gpus[1].uuid}::1"
-    assert r.devices[5].ledger_key == f"{dgx_h100.gpus[1].uuid}::1"
+    assert r.devices[5].ledger_key() == f"{dgx_h100.gpus[1].uuid}::1"
     assert not r.whole_gpus
     assert {g.replicas for g in inv.gpus} == {4}
 
@@ -203,8 +203,11 @@ def test_time_slicing_mig_resources(hgx_h200: Node) -> None:
     r = inv.resource("nvidia.com/mig-3g.71gb")
     mig = hgx_h200.gpus[7].mig_devices[0]
     assert [d.id for d in r.devices] == [f"{mig.uuid}::{n}" for n in range(3)]
-    # Replicas of one MIG device share its slice in the ledger.
-    assert {d.ledger_key for d in r.devices} == {(hgx_h200.gpus[7].uuid, 9, 4)}
+    # Each replica of a MIG device is a replica of its slice in the ledger.
+    uuid = hgx_h200.gpus[7].uuid
+    assert [d.ledger_key() for d in r.devices] == [(uuid, 9, 4, n) for n in range(3)]
+    # A GPU whose model the ledger does not know: the MIG device by its ID.
+    assert r.devices[0].ledger_key(placeable=False) == (uuid, r.devices[0].id)
     assert inv.gpus[7].replicas == 0
 
 

@@ -97,15 +97,20 @@ class PluginDevice:
     def shared(self) -> bool:
         return self.replica is not None
 
-    @property
-    def ledger_key(self) -> alloc.Device | None:
-        """What holding this device takes in the ledger: the GPU UUID, the replica
-        ``<UUID>::<n>``, or the MIG slice (a shared MIG device: the slice, held on behalf of all
-        its replicas). ``None`` when the ledger cannot name it (a MIG device NVML gave no
-        placement for)."""
+    def ledger_key(self, placeable: bool = True) -> alloc.Device:
+        """The ledger's name of this device: the GPU UUID, the replica ``<UUID>::<n>``, the MIG
+        slice ``(GPU UUID, profile id, start)``, the replica of a MIG slice ``(GPU UUID, profile
+        id, start, n)``, or ``(GPU UUID, ID)`` for a MIG device whose slice the ledger cannot
+        place (no placement from NVML, a compute instance smaller than its GPU instance, or
+        ``placeable`` false: a GPU whose model, and so its slices, the ledger does not know)."""
         p = self.physical
         if p.is_mig:
-            return p.mig_slice
+            s = p.mig_slice
+            if s is None or not placeable:
+                return (p.gpu_uuid, self.id)
+            if self.replica is not None:
+                return (s[0], s[1], s[2], self.replica)
+            return s
         if self.replica is not None:
             return alloc.replica_id(p.uuid, self.replica)
         return p.uuid

@@ -114,24 +114,6 @@ def _mig_replica_counts(resources: ResourceSet) -> dict[str, dict[tuple[int, int
     return out
 
 
-def _ledger_key(d: PluginDevice, placeable: set[str]) -> alloc.Device:
-    """The ledger's name of an advertised device: the GPU UUID, the replica ``<UUID>::<n>``,
-    the MIG slice, the replica of a MIG slice, or (a MIG device whose slice the ledger cannot
-    place: no placement from NVML, a compute instance smaller than its GPU instance, or a GPU
-    whose model, and so its slices, the ledger does not know) the MIG device by its ID."""
-    p = d.physical
-    if p.is_mig:
-        s = p.mig_slice
-        if s is None or p.gpu_uuid not in placeable:
-            return (p.gpu_uuid, d.id)
-        if d.replica is not None:
-            return (s[0], s[1], s[2], d.replica)
-        return s
-    if d.replica is not None:
-        return alloc.replica_id(p.uuid, d.replica)
-    return p.uuid
-
-
 class DevicePluginState:
     """The device plugin's allocations, over the node inventory and the ledger.
 
@@ -164,7 +146,7 @@ class DevicePluginState:
         self._specs = {r.name: r for r in resources.resources}
         #: Advertised ID -> the ledger's device, and back (one to one).
         self._keys: dict[str, alloc.Device] = {
-            d.id: _ledger_key(d, placeable) for d in resources.by_id.values()
+            d.id: d.ledger_key(d.physical.gpu_uuid in placeable) for d in resources.by_id.values()
         }
         self._ids: dict[alloc.Device, str] = {k: i for i, k in self._keys.items()}
         #: Per resource, the ledger's devices it advertises.
