@@ -14,8 +14,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import pathlib
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -53,16 +51,6 @@ gpus:
     mig_enabled: true
     mig_devices: [{profile: 1g.5gb, start: 0}, {profile: 1g.5gb, start: 2}]
 """
-
-
-@pytest.fixture
-def root() -> Iterator[pathlib.Path]:
-    """A short kubelet root (socket paths stay far below 108 bytes)."""
-    path = pathlib.Path(tempfile.mkdtemp(prefix="gpl-", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @dataclass

@@ -25,15 +25,14 @@ import pathlib
 import shutil
 import socket
 import stat
-import tempfile
 import threading
-import time
 import types
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
 import grpc
 import pytest
+from agents import wait_until
 
 import gpulet
 from gpulet import config
@@ -85,15 +84,6 @@ def transport(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.fixture
-def root() -> Iterator[pathlib.Path]:
-    path = pathlib.Path(tempfile.mkdtemp(prefix="gpl-", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
 class Served:
     """A PluginServer of ``nvidia.com/gpu`` on its own event loop in a thread."""
 
@@ -138,14 +128,6 @@ def serving(state: DevicePluginState, directory: pathlib.Path, **kwargs: Any) ->
         yield s
     finally:
         s.close()
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not seen within {timeout}s")
-        time.sleep(0.01)
 
 
 def allocate_request(*containers: list[str]) -> dp.AllocateRequest:

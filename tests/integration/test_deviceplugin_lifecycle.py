@@ -10,20 +10,17 @@ import asyncio
 import contextlib
 import os
 import pathlib
-import shutil
 import signal
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from typing import Any
 
 import grpc
 import pytest
+from agents import make_agent, wait_until
 
 import gpulet
 from gpulet import config
@@ -35,32 +32,6 @@ from gpulet.testing.kubelet import WAIT, AgentThread, KubeletStandin, pod
 pytestmark = pytest.mark.usefixtures("fake_library")
 
 GPU = "nvidia.com/gpu"
-
-
-@pytest.fixture
-def root() -> Iterator[pathlib.Path]:
-    path = pathlib.Path(tempfile.mkdtemp(prefix="gpl-", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def make_agent(root: pathlib.Path, doc: dict[str, Any] | None = None, **options: Any) -> Agent:
-    d: dict[str, Any] = {"version": "v1", **(doc or {})}
-    d["gpulet"] = {**d.get("gpulet", {}), "kubeletRoot": str(root), "metricsPort": 0}
-    cfg = config.parse(d)
-    opts = {"reconcile_interval": 3600.0, **options}
-    return Agent(cfg, AgentOptions.from_config(cfg, cdi_root=root / "cdi", **opts), health=None)
-
-
-def wait_until(condition: Any, what: str, timeout: float = WAIT) -> None:
-    """Poll a cheap local condition (a file appearing) with a limit."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not seen within {timeout}s")
-        time.sleep(0.01)
 
 
 def test_kubelet_restart_re_registers_from_the_event(root: pathlib.Path) -> None:
