@@ -28,6 +28,7 @@ import pytest
 from agents import make_agent, wait_until
 
 import gpulet
+from gpulet import config
 from gpulet.agent.agent import StartupError
 from gpulet.agent.lock import lock_path
 from gpulet.testing.kubelet import WAIT, AgentThread, KubeletStandin
@@ -285,3 +286,44 @@ def test_sigterm_during_a_hung_nvml_init_ends_the_agent(root: pathlib.Path) -> N
                 proc.kill()
             proc.wait()
             s.control.clear_faults()
+
+
+def test_a_reload_naming_a_gpu_the_node_lacks_changes_nothing(root: pathlib.Path) -> None:
+    ts = {"timeSlicing": {"resources": [{"name": GPU, "replicas": 2}]}}
+    with gpulet.simulated("dgx-h100"), KubeletStandin(root) as kubelet:
+        agent = make_agent(root, {"sharing": ts})
+        with AgentThread(agent) as thread:
+            kubelet.wait_for_registrations([GPU])
+            count = len(kubelet.registrations)
+            bad = config.parse(
+                {
+                    "version": "v1",
+                    "sharing": ts,
+                    "gpulet": {
+                        "kubeletRoot": str(root),
+                        "metricsPort": 0,
+                        "gpuReplicas": [{"devices": [9], "replicas": 3}],
+                    },
+                }
+            )
+            assert thread.call(agent.reload(bad)) is False
+            assert agent.last_reload_error is not None
+            assert "gpulet.gpuReplicas[0].devices[0]" in agent.last_reload_error
+            assert agent.stats.reload_failures == 1
+            # The old config is still served, on the same registration.
+            assert len(kubelet.registrations) == count
+            with kubelet.plugin(GPU) as p:
+                assert len(p.devices()) == 16
+            assert agent.readiness.ready
+
+
+def test_the_lock_file_removed_while_held_is_not_ready(root: pathlib.Path) -> None:
+    with gpulet.simulated("single-t4"), KubeletStandin(root) as kubelet:
+        agent = make_agent(root)
+        with AgentThread(agent):
+            kubelet.wait_for_registrations([GPU])
+            wait_until(lambda: agent.readiness.ready, "ready")
+            lock_path(root).unlink()  # an operator cleaning the directory
+            r = agent.readiness
+            assert not r.ready
+            assert "was removed while held" in r.reason
